@@ -1,0 +1,1 @@
+"""Packaged YAML configs: ``<group>/<option>.yaml`` for dataset, defense, attack and preset."""

@@ -1,0 +1,3 @@
+"""Built-in defenses (installed as ``mi_bench.defenses``). Importing this package registers them."""
+
+from mi_bench.defenses import bido, none  # noqa: F401

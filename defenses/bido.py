@@ -1,0 +1,73 @@
+"""BiDO: bilateral dependency optimisation (Peng et al., KDD 2022).
+
+Loss ``CE(T(x), y) + sum_j [lambda_x d(X, Z_j) - lambda_y d(Z_j, Y)]`` over the tapped hidden
+layers ``Z_j`` (the model's ``hidden_layers`` by default: MCNN's three conv blocks), with the
+same lambdas for every layer, summed. ``d`` is BiDO's normalised HSIC (``measure=hsic``) or
+COCO (``measure=coco``, Frobenius norm like the official code unless ``coco_norm=spectral``).
+Kernels: Gaussian with bandwidth ``sigma^2 d`` on X and Z_j, linear on one-hot labels.
+
+Deviations from the official code (methods.md): ``measure`` really selects the measure (the
+official flag never reaches the loss), ridge systems are solved on the training device rather
+than inverted on the CPU, and a lambda of 0 skips its term entirely, so ``bido`` with both
+lambdas 0 is bit-for-bit the undefended training (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mi_bench.hsic import dependence, gaussian_kernel, label_kernel
+from mi_bench.interfaces import Defense, LossOutput, TrainBatch
+from mi_bench.params import PluginConfig, param
+from mi_bench.registry import DEFENSES
+
+
+@dataclass
+class BiDOConfig(PluginConfig):
+    measure: str = param("hsic", choices=("hsic", "coco"), help="dependence measure d")
+    lambda_x: float = param(0.05, ge=0.0, sweep=(0.0, 0.01, 0.05, 0.1),
+                            help="weight of d(X, Z_j) (minimised), per layer")
+    lambda_y: float = param(0.5, ge=0.0, sweep=(0.0, 0.5, 1.0, 2.5),
+                            help="weight of d(Z_j, Y) (maximised), per layer")
+    sigma: float = param(5.0, gt=0.0, help="Gaussian kernel sigma (bandwidth sigma^2 * dim)")
+    eps: float = param(1e-5, gt=0.0, help="ridge of the normalised HSIC")
+    coco_norm: str = param("fro", choices=("fro", "spectral"), help="matrix norm inside COCO")
+    layers: list[str] = param(default_factory=list,
+                              help="tapped layers (empty = the model's hidden_layers)")
+
+
+@DEFENSES.register("bido")
+class BiDO(Defense):
+    Config = BiDOConfig
+    summary = "BiDO: min d(X,Z) - max d(Z,Y) on hidden layers, HSIC or COCO"
+    paper = "Peng et al., Bilateral Dependency Optimization, KDD 2022"
+
+    def tap_layers(self, model: torch.nn.Module) -> list[str]:
+        if self.cfg.lambda_x == 0 and self.cfg.lambda_y == 0:
+            return []
+        return list(self.cfg.layers) or list(getattr(model, "hidden_layers", ()))
+
+    def compute_loss(self, batch: TrainBatch) -> LossOutput:
+        cfg = self.cfg
+        ce = torch.nn.functional.cross_entropy(batch.logits, batch.y)
+        terms = {"ce": float(ce.detach())}
+        total = ce
+        if not batch.taps:
+            return LossOutput(total, terms)
+        kx = gaussian_kernel(batch.x, cfg.sigma) if cfg.lambda_x else None
+        ky = label_kernel(batch.y, self.num_classes) if cfg.lambda_y else None
+        dx_sum = dy_sum = 0.0
+        for z in batch.taps.values():
+            kz = gaussian_kernel(z, cfg.sigma)
+            if kx is not None:
+                dx = dependence(cfg.measure, kx, kz, eps=cfg.eps, coco_norm=cfg.coco_norm)
+                total = total + cfg.lambda_x * dx
+                dx_sum += float(dx.detach())
+            if ky is not None:
+                dy = dependence(cfg.measure, kz, ky, eps=cfg.eps, coco_norm=cfg.coco_norm)
+                total = total - cfg.lambda_y * dy
+                dy_sum += float(dy.detach())
+        terms.update(d_xz=dx_sum, d_zy=dy_sum, loss=float(total.detach()))
+        return LossOutput(total, terms)

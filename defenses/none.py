@@ -1,0 +1,12 @@
+"""The undefended baseline: plain cross-entropy training (every hook of Defense left as is)."""
+
+from __future__ import annotations
+
+from mi_bench.interfaces import Defense
+from mi_bench.registry import DEFENSES
+
+
+@DEFENSES.register("none")
+class NoDefense(Defense):
+    summary = "no defense: plain cross-entropy training (the baseline)"
+    paper = "-"

@@ -1,0 +1,175 @@
+"""The two plugin interfaces: :class:`Defense` and :class:`Attack`.
+
+A defense shapes how the target classifier is trained. The trainer (``mi_bench.train``) owns
+the loop; a defense hooks into it at well-defined points, each with a no-op default, so the
+undefended baseline ``none`` is a defense that overrides nothing:
+
+* ``build_model(model)``        change the network (MID's bottleneck head, DP-SGD's GroupNorm).
+* ``tap_layers(model)``         names of modules whose outputs the trainer captures (forward
+                                hooks, added before training and removed after) for loss terms.
+* ``configure(model, opt, ...)`` wrap/replace the optimiser (DP-SGD) once training starts.
+* ``epoch_batches(...)``        choose the batches of an epoch (Poisson sampling); default None
+                                lets the trainer use the configured sampler (random or P x K).
+* ``compute_loss(batch)``       the training objective from logits, taps, inputs and labels;
+                                per-sample weighting (DESMIL) happens here.
+* ``optimizer_step(model, opt, closure)``  act around the step (AWP: perturb, step, restore).
+* ``on_epoch_end(epoch)`` / ``report()``   bookkeeping and numbers stored with the result
+                                (e.g. DP-SGD's spent epsilon).
+* ``export_model(model)``       the plain ``nn.Module`` to checkpoint/attack (unwrap wrappers).
+
+An attack declares what it needs (:class:`AttackRequirements`), trains its prior on public
+data (the pipeline caches it; per-target priors carry the target's hash in their key) and
+inverts a list of private classes into images (:class:`Inversion`). Scoring is done by the
+pipeline, identically for every attack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from mi_bench.params import PluginConfig
+
+
+@dataclass
+class LossOutput:
+    """``total`` is back-propagated; ``terms`` are logged floats (e.g. ``{"ce": .., "hsic_x": ..}``)."""
+
+    total: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainBatch:
+    """Everything a defense may need to compute its loss for one batch."""
+
+    x: torch.Tensor  # inputs in [0, 1], (m, C, H, W)
+    y: torch.Tensor  # labels (m,)
+    logits: torch.Tensor  # model(x)
+    taps: dict[str, torch.Tensor]  # tapped layer name -> output (unflattened)
+    model: nn.Module
+    epoch: int
+    step: int
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    """Run the model (with taps) on other inputs, e.g. degraded views: returns (logits, taps)."""
+
+
+class Defense:
+    """Base class of every defense plugin. Subclasses set the class attributes below."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # optional, for third-party plugins
+
+    def __init__(self, cfg: PluginConfig, *, num_classes: int, input_shape: tuple[int, ...]):
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+
+    # -- model -----------------------------------------------------------------------------
+    def build_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def tap_layers(self, model: nn.Module) -> list[str]:
+        return []
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    # -- loop ------------------------------------------------------------------------------
+    def configure(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, n_train: int,
+        batch_size: int, epochs: int, generator: torch.Generator,
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        return model, optimizer
+
+    def epoch_batches(
+        self, labels: torch.Tensor, batch_size: int, generator: torch.Generator
+    ) -> list[torch.Tensor] | None:
+        return None
+
+    def compute_loss(self, batch: TrainBatch) -> LossOutput:
+        ce = nn.functional.cross_entropy(batch.logits, batch.y)
+        return LossOutput(ce, {"ce": float(ce.detach())})
+
+    def optimizer_step(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer,
+        closure: Callable[[], LossOutput],
+    ) -> LossOutput:
+        optimizer.zero_grad(set_to_none=True)
+        out = closure()
+        out.total.backward()
+        optimizer.step()
+        return out
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    def report(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass
+class AttackRequirements:
+    white_box: bool = True  # needs gradients of the target
+    public_data: bool = True  # trains a prior on the attacker's public data
+    prior: Literal["shared", "per_target", "none"] = "shared"  # GMI: shared; KED-MI/PLG-MI: per target
+
+
+@dataclass
+class Inversion:
+    """Reconstructions: ``images[c, s]`` is sample ``s`` for the c-th attacked class.
+
+    ``protocol`` states how they were produced (samples per class, restarts, selection rule) and
+    is stored with the result next to every number.
+    """
+
+    images: torch.Tensor  # (n_classes, n_samples, C, H, W) in [0, 1]
+    classes: list[int]  # private class indices attacked, aligned with images' first axis
+    protocol: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack:
+    """Base class of every attack plugin.
+
+    ``train_prior`` returns a flat ``dict[str, Tensor]`` (state dicts of the prior's networks,
+    prefixed, plus any tensors such as a pseudo-label selection); the pipeline stores it in the
+    content-addressed cache and passes it back to ``invert``. Fields of ``Config`` marked
+    ``param(..., prior=True)`` are exactly those the prior depends on: only they enter its key.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type[PluginConfig]] = PluginConfig
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    requirements: ClassVar[AttackRequirements] = AttackRequirements()
+    prior_version: ClassVar[str] = "1"  # bump when the prior's training code changes
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(
+        self, cfg: PluginConfig, *, image_shape: tuple[int, int, int], num_classes: int,
+        device: torch.device,
+    ):
+        self.cfg = cfg
+        self.image_shape = image_shape
+        self.num_classes = num_classes
+        self.device = device
+
+    def train_prior(
+        self, public: torch.Tensor, target: nn.Module | None, *, seed: int, progress: Any
+    ) -> dict[str, torch.Tensor]:
+        """Train the prior on public images (N, C, H, W) in [0, 1]. ``target`` is given (frozen,
+        eval mode) only when ``requirements.prior == "per_target"``."""
+        return {}
+
+    def invert(
+        self, target: nn.Module, prior: dict[str, torch.Tensor], classes: list[int], *,
+        seed: int, progress: Any,
+    ) -> Inversion:
+        raise NotImplementedError

@@ -1,0 +1,96 @@
+"""Classifiers: the MNIST-protocol target ``MCNN`` and evaluation model ``SCNN``.
+
+Every classifier exposes the same small interface used across mi-bench:
+
+* ``embed(x)``        the penultimate feature (used by KNN distance and FID on E's features);
+* ``head``            the final ``nn.Linear`` (MID swaps it for a variational bottleneck);
+* ``forward(x)``      ``head(embed(x))``;
+* ``hidden_layers``   names of the modules whose outputs defenses tap by default (BiDO's
+                      "conv-block outputs"); reachable with ``model.get_submodule(name)``;
+* ``feature_dim``     size of ``embed(x)``.
+
+Architectures follow methods.md section 1 at ``width=1``. ``width`` scales every channel count
+(a CPU-sized deviation used by the smoke/quick presets; ``paper`` uses 1). A final adaptive
+average pool makes the networks accept other input sizes; at 32x32 it is the identity.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from mi_bench.registry import MODELS
+
+
+def _ch(c: int, width: float) -> int:
+    return max(4, int(round(c * width)))
+
+
+def _block(cin: int, cout: int, k: int, pad: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, padding=pad), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)
+    ]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class Classifier(nn.Module):
+    hidden_layers: tuple[str, ...] = ()
+    feature_dim: int
+
+    def embed(self, x):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.head(self.embed(x))
+
+
+@MODELS.register("mcnn")
+class MCNN(Classifier):
+    """Target network of the MNIST protocol (BiDO/KED-MI): three conv blocks, ~1.0 M params."""
+
+    summary = "MNIST-protocol target: 3 conv blocks (64-128-256) + linear (BiDO/KED-MI)"
+    hidden_layers = ("block1", "block2", "block3")
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
+        super().__init__()
+        c1, c2, c3 = _ch(64, width), _ch(128, width), _ch(256, width)
+        self.block1 = _block(in_channels, c1, 7, 1, pool=True)
+        self.block2 = _block(c1, c2, 5, 0, pool=True)
+        self.block3 = _block(c2, c3, 5, 0, pool=False)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_dim = c3
+        self.head = nn.Linear(c3, num_classes)
+
+    def embed(self, x):
+        return self.pool(self.block3(self.block2(self.block1(x))))
+
+
+@MODELS.register("scnn")
+class SCNN(Classifier):
+    """Evaluation network of the MNIST protocol: five conv blocks (32-64-128-256-512)."""
+
+    summary = "MNIST-protocol evaluator: 5 conv blocks (32-...-512) + linear (BiDO)"
+    hidden_layers = ("block1", "block2", "block3", "block4", "block5")
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
+        super().__init__()
+        c = [_ch(v, width) for v in (32, 64, 128, 256, 512)]
+        self.block1 = _block(in_channels, c[0], 7, 1, pool=True)
+        self.block2 = _block(c[0], c[1], 5, 0, pool=True)
+        self.block3 = _block(c[1], c[2], 5, 0, pool=False)
+        self.block4 = _block(c[2], c[3], 3, 1, pool=False)
+        self.block5 = _block(c[3], c[4], 3, 1, pool=False)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_dim = c[4]
+        self.head = nn.Linear(c[4], num_classes)
+
+    def embed(self, x):
+        h = x
+        for name in self.hidden_layers:
+            h = getattr(self, name)(h)
+        return self.pool(h)
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int, width: float) -> Classifier:
+    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, width=width)

@@ -1,0 +1,118 @@
+"""One registry mechanism for attacks, defenses, datasets and models.
+
+Built-in plugins register themselves with a decorator when their package is imported;
+third-party packages add plugins through entry-point groups (``mi_bench.attacks``,
+``mi_bench.defenses``, ``mi_bench.datasets``, ``mi_bench.models``). An entry point names a
+class or function; importing it is enough when it uses the decorator, otherwise the loaded
+object is registered under the entry point's name. A plugin that fails to load produces a
+warning naming it and is skipped; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """Unknown or duplicate plugin name. ``str(err)`` is a one-line, user-facing message."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, builtin_modules: tuple[str, ...]) -> None:
+        self.kind = kind  # "attack", "defense", ...
+        self.group = f"mi_bench.{kind}s"
+        self._builtin_modules = builtin_modules
+        self._items: dict[str, T] = {}
+        self._loaded = False
+        self.broken: dict[str, str] = {}  # entry-point name -> reason it failed to load
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        """Class/function decorator: ``@ATTACKS.register("gmi")``."""
+
+        def deco(obj: T) -> T:
+            key = name or getattr(obj, "name", None) or getattr(obj, "__name__")
+            self._add(key, obj)
+            return obj
+
+        return deco
+
+    def _add(self, key: str, obj: T) -> None:
+        existing = self._items.get(key)
+        if existing is not None and existing is not obj:
+            raise RegistryError(
+                f"duplicate {self.kind} name '{key}': already registered by "
+                f"{_qualname(existing)}; choose another name for {_qualname(obj)}"
+            )
+        if hasattr(obj, "name") and isinstance(obj, type):
+            obj.name = key  # type: ignore[attr-defined]
+        self._items[key] = obj
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for mod in self._builtin_modules:
+            importlib.import_module(mod)
+        for ep in entry_points(group=self.group):
+            if ep.name in self._items:
+                continue
+            try:
+                obj = ep.load()
+                if ep.name not in self._items:
+                    self._add(ep.name, obj)
+            except Exception as exc:  # noqa: BLE001 - a third-party plugin may fail any way
+                reason = f"{type(exc).__name__}: {exc}"
+                self.broken[ep.name] = reason
+                log.warning(
+                    "%s plugin '%s' (entry point %s) failed to load and is skipped: %s",
+                    self.kind, ep.name, ep.value, reason,
+                )
+
+    def get(self, name: str) -> T:
+        self._load()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise RegistryError(unknown_choice_message(self.kind, name, self.names())) from None
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        self._load()
+        for k in sorted(self._items):
+            yield k, self._items[k]
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._items
+
+
+def unknown_choice_message(what: str, value: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(value, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown {what} '{value}'.{hint} Valid: {', '.join(valid)}"
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+ATTACKS: Registry = Registry("attack", ("mi_bench.attacks",))
+DEFENSES: Registry = Registry("defense", ("mi_bench.defenses",))
+DATASETS: Registry = Registry("dataset", ("mi_bench.data",))
+MODELS: Registry = Registry("model", ("mi_bench.models",))
+
+REGISTRIES = {"attack": ATTACKS, "defense": DEFENSES, "dataset": DATASETS, "model": MODELS}

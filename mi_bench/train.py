@@ -1,0 +1,202 @@
+"""One classifier trainer for targets (under any defense) and evaluation models.
+
+Model selection (documented, and stored with every result): with ``selection=best_val`` the
+weights of the epoch with the highest accuracy on the *validation* split (carved from the
+training data) are kept; ``last`` keeps the final epoch. The test split is only used once, for
+the reported accuracy (the official BiDO/GMI code selects on the test split; mi-bench does not).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from mi_bench.data import pk_batches, random_batches
+from mi_bench.interfaces import Defense, LossOutput, TrainBatch
+from mi_bench.params import param
+from mi_bench.runtime import NULL_BARS, Bars
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    model: str = param("mcnn", help="registered model name")
+    width: float = param(1.0, gt=0.0, le=4.0, help="channel multiplier (1 = published)")
+    epochs: int = param(20, ge=1, help="training epochs")
+    batch_size: int = param(64, ge=2, help="batch size")
+    optimizer: str = param("sgd", choices=("sgd", "adam"), help="optimiser")
+    lr: float = param(0.01, gt=0.0, help="learning rate")
+    momentum: float = param(0.9, ge=0.0, lt=1.0, help="SGD momentum")
+    weight_decay: float = param(1e-4, ge=0.0, help="weight decay")
+    sampler: str = param("random", choices=("random", "pk"),
+                         help="batches: shuffled, or P classes x K images (BiDO's identity sampler)")
+    pk_classes: int = param(16, ge=1, help="P of the P x K sampler (K = batch_size // P)")
+    selection: str = param("best_val", choices=("best_val", "last"),
+                           help="model selection: best validation accuracy, or last epoch")
+    seed_offset: int = param(0, help="added to the run seed for this model (evaluator != target)")
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    val_acc: float = float("nan")
+    defense_report: dict[str, Any] = field(default_factory=dict)
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits for ``x`` in eval mode (restores the previous mode)."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    out = torch.cat([model(xb.to(dev)).float().cpu() for xb in x.split(batch_size)])
+    model.train(was)
+    return out
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return float((predict(model, x).argmax(1) == y).float().mean())
+
+
+class Taps:
+    """Forward hooks capturing named submodules' outputs; removed by :meth:`remove`."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+        for name in names:
+            try:
+                mod = model.get_submodule(name)
+            except AttributeError:
+                valid = [n for n, _ in model.named_modules() if n]
+                raise ValueError(
+                    f"layer '{name}' not found in {type(model).__name__}; valid layers: "
+                    f"{', '.join(valid[:30])}"
+                ) from None
+            self._handles.append(mod.register_forward_hook(self._hook(name)))
+
+    def _hook(self, name: str):
+        def fn(_mod, _inp, out):
+            self.outputs[name] = out
+        return fn
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def train_classifier(
+    make_model: Callable[[], nn.Module],
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    defense: Defense | None = None,
+    device: torch.device | str = "cpu",
+    bars: Bars = NULL_BARS,
+    desc: str = "train",
+) -> TrainResult:
+    """Train a classifier; returns the selected model (exported, on ``device``, eval mode)."""
+    defense = defense or Defense(None, num_classes=0, input_shape=())  # type: ignore[arg-type]
+    device = torch.device(device)
+    seed = seed + cfg.seed_offset
+    torch.manual_seed(seed)
+    model = defense.build_model(make_model()).to(device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x_tr, y_tr = train
+    optimizer = make_optimizer(model.parameters(), cfg)
+    model, optimizer = defense.configure(
+        model, optimizer, n_train=len(y_tr), batch_size=cfg.batch_size, epochs=cfg.epochs,
+        generator=gen,
+    )
+    taps = Taps(model, defense.tap_layers(model))
+
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        taps.outputs = {}
+        logits = model(x)
+        return logits, taps.outputs
+
+    result = TrainResult(model=model)
+    best_state = None
+    best_acc = -1.0
+    step = 0
+    try:
+        with bars.task(desc, total=cfg.epochs) as bar:
+            for epoch in range(cfg.epochs):
+                t0 = time.perf_counter()
+                model.train()
+                batches = defense.epoch_batches(y_tr, cfg.batch_size, gen)
+                if batches is None:
+                    if cfg.sampler == "pk":
+                        p = cfg.pk_classes
+                        batches = pk_batches(y_tr, p, max(1, cfg.batch_size // p), gen)
+                    else:
+                        batches = random_batches(len(y_tr), cfg.batch_size, gen)
+                sums: dict[str, float] = {}
+                correct = seen = 0
+                for idx in batches:
+                    xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
+                    holder: dict[str, torch.Tensor] = {}
+
+                    def closure(xb=xb, yb=yb, holder=holder) -> LossOutput:
+                        logits, tapped = forward(xb)
+                        holder["logits"] = logits
+                        return defense.compute_loss(TrainBatch(
+                            x=xb, y=yb, logits=logits, taps=tapped, model=model,
+                            epoch=epoch, step=step, forward=forward,
+                        ))
+
+                    out = defense.optimizer_step(model, optimizer, closure)
+                    if not torch.isfinite(out.total.detach()):
+                        raise FloatingPointError(
+                            f"{desc}: loss became {float(out.total)} at epoch {epoch + 1}, step "
+                            f"{step}; lower the learning rate or the defense strength"
+                        )
+                    step += 1
+                    for k, v in out.terms.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    if "logits" in holder and len(idx):
+                        correct += int((holder["logits"].detach().argmax(1) == yb).sum())
+                        seen += len(yb)
+                defense.on_epoch_end(epoch)
+                val_acc = accuracy(defense.export_model(model), *val)
+                row = {k: v / max(1, len(batches)) for k, v in sums.items()}
+                row.update(epoch=epoch + 1, train_acc=correct / max(1, seen), val_acc=val_acc,
+                           seconds=time.perf_counter() - t0)
+                result.history.append(row)
+                score = val_acc if val_acc == val_acc else -epoch  # no val split: keep last
+                if cfg.selection == "last" or score >= best_acc:
+                    best_acc = score
+                    result.best_epoch = epoch + 1
+                    best_state = copy.deepcopy(defense.export_model(model).state_dict())
+                bar.advance(1, loss=row.get("loss", row.get("ce", 0.0)), val_acc=val_acc)
+    finally:
+        taps.remove()
+    final = defense.export_model(model)
+    if best_state is not None:
+        final.load_state_dict(best_state)
+    final.eval()
+    result.model = final
+    result.val_acc = float(best_acc) if best_acc >= 0 else float("nan")
+    result.defense_report = defense.report()
+    log.debug("%s: selected epoch %d (val acc %.4f)", desc, result.best_epoch, result.val_acc)
+    return result
