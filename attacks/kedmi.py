@@ -1,0 +1,343 @@
+"""KED-MI: knowledge-enriched distributional model inversion (Chen et al., ICCV 2021).
+
+Prior (trained per target, methods.md section 3):
+
+* Generator: GMI's DCGAN generator (:class:`~mi_bench.attacks.gan.DCGANGenerator`), z ~ N(0, I).
+* Discriminator with K-way logits (K = private classes): conv5 s2 + LReLU, then conv5 s2 +
+  InstanceNorm(affine) + LReLU blocks down to 4x4 with channels ``w, 2w, 4w, 4w`` (64x64:
+  3->64->128->256->256; 32x32: 1->64->128->256), flattened (4096-d at ``disc_width=64``) ->
+  minibatch discrimination (A x B x C = 4096 x 64 x 50) -> Linear(A + B, K).
+* D loss: soft cross-entropy between ``softmax(T(x_pub))`` and ``D(x_pub)`` plus the
+  semi-supervised real/fake terms with an implicit fake logit 0,
+  ``0.5 * [mean softplus(lse(D(x_u))) - mean lse(D(x_u)) + mean softplus(lse(D(G(z))))]``.
+* G loss: L1 between the mean D-features (pre-minibatch-discrimination) of fakes and of real
+  public images, plus ``entropy_weight`` (1e-4) * mean entropy of ``softmax(D(G(z)))``.
+* Adam 2e-4, betas (0.5, 0.999), batch 64, ``n_critic`` D steps per G step. One epoch = one
+  pass of D steps over the public images.
+
+Soft labels: the target is frozen, in eval mode and under ``no_grad`` when it labels the public
+images (computed once, before training). The official code leaves T in train mode (BatchNorm
+batch statistics, gradients into T); mi-bench does not copy that.
+
+Inversion (distributional recovery): per attacked class a Gaussian over the latent, mu (init 0)
+and log sigma^2 (init ``init_log_var`` = 1); each step draws ``z = mu + exp(0.5 log sigma^2) *
+eps`` (one draw per class, as the official code) and minimises
+``-log sigmoid(lse(D(G(z)))) + lambda_ce * CE(T(G(z)), y)`` with Adam (betas 0.9, 0.999).
+
+Latent constraint (the official clamp acts on a detached copy and does nothing): mi-bench
+applies it for real. ``latent_clamp=z`` (default) clamps every sampled z to
+``[-clip, clip]`` with ``torch.clamp`` inside the graph (differentiable; zero gradient for
+coordinates that are clipped), during optimisation and when drawing the final samples;
+``mu`` instead projects mu onto ``[-clip, clip]`` after every Adam step (samples unclamped);
+``none`` disables the constraint (reproduces what the official code effectively does).
+
+Evaluation: ``samples_per_class`` samples drawn per class from the learned distributions, every
+one returned and scored (the pipeline reports the mean over samples).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mi_bench.attacks.gan import DCGANGenerator, _n_stages, load_prefixed, prefixed, sample_batches
+from mi_bench.interfaces import Attack, AttackRequirements, Inversion
+from mi_bench.params import PluginConfig, param
+from mi_bench.registry import ATTACKS
+
+log = logging.getLogger(__name__)
+
+
+# -- losses ------------------------------------------------------------------------------------
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """``-mean_i sum_k p_ik log softmax(logits)_ik``."""
+    return -(target_probs * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def semi_supervised_loss(logits_unlabeled: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Real/fake terms with an implicit fake logit 0 (Salimans et al. 2016):
+    ``0.5 * [mean softplus(lse(u)) - mean lse(u) + mean softplus(lse(f))]``."""
+    lse_u = torch.logsumexp(logits_unlabeled, dim=1)
+    lse_f = torch.logsumexp(logits_fake, dim=1)
+    return 0.5 * (F.softplus(lse_u).mean() - lse_u.mean() + F.softplus(lse_f).mean())
+
+
+def feature_matching_loss(feat_fake: torch.Tensor, feat_real: torch.Tensor) -> torch.Tensor:
+    """L1 (mean absolute difference) between the batch-mean features of fakes and reals."""
+    return (feat_fake.mean(0) - feat_real.mean(0)).abs().mean()
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the entropy of ``softmax(logits)`` (nats)."""
+    return -(F.softmax(logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def realness_loss(logits: torch.Tensor) -> torch.Tensor:
+    """``mean -log sigmoid(lse(logits))`` (the inversion's prior term)."""
+    return F.softplus(-torch.logsumexp(logits, dim=1)).mean()
+
+
+# -- networks ----------------------------------------------------------------------------------
+
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016 as in the official KED-MI code: ``T`` in R^{A x B x C} (init N(0,1));
+    ``o_b(x_i) = sum_{j != i} exp(-||M_i,b - M_j,b||_1)``; output ``[x, o]`` (A + B)."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_dims: int):
+        super().__init__()
+        self.in_features, self.out_features, self.kernel_dims = in_features, out_features, kernel_dims
+        self.T = nn.Parameter(torch.randn(in_features, out_features, kernel_dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mm(self.T.view(self.in_features, -1)).view(-1, self.out_features, self.kernel_dims)
+        norm = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # N x N x B
+        o = torch.exp(-norm).sum(0) - 1  # remove the self term exp(0) = 1
+        return torch.cat([x, o], dim=1)
+
+
+class KEDDiscriminator(nn.Module):
+    """K-way discriminator. ``forward(x)`` returns ``(features, logits)``."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, width: int = 64,
+                 mbd_kernels: int = 64, mbd_dim: int = 50):
+        super().__init__()
+        c_in, size, _ = image_shape
+        n = _n_stages(size)
+        chans = [min(width * 2**i, 4 * width) for i in range(n)]  # 64, 128, 256 (, 256)
+        layers: list[nn.Module] = [nn.Conv2d(c_in, chans[0], 5, 2, 2), nn.LeakyReLU(0.2)]
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 5, 2, 2), nn.InstanceNorm2d(cout, affine=True),
+                       nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*layers)
+        self.feat_dim = chans[-1] * 16
+        self.mbd = MinibatchDiscrimination(self.feat_dim, mbd_kernels, mbd_dim)
+        self.fc = nn.Linear(self.feat_dim + mbd_kernels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.body(x).flatten(1)
+        return feat, self.fc(self.mbd(feat))
+
+
+# -- helpers shared with plgmi -------------------------------------------------------------------
+
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
+    saved = []
+    for m in modules:
+        saved.append((m, m.training, [(p, p.requires_grad) for p in m.parameters()]))
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, was, flags in saved:
+            m.train(was)
+            for p, rg in flags:
+                p.requires_grad_(rg)
+
+
+@torch.no_grad()
+def target_probs(target: nn.Module, x: torch.Tensor, device: torch.device,
+                 batch_size: int = 256) -> torch.Tensor:
+    """softmax(T(x)) with T in eval mode, under no_grad (CPU tensor)."""
+    with frozen(target):
+        return torch.cat([F.softmax(target(xb.to(device)).float(), 1).cpu()
+                          for xb in x.split(batch_size)])
+
+
+def check_classes(classes: list[int], num_classes: int, who: str) -> None:
+    bad = [c for c in classes if not (0 <= int(c) < num_classes)]
+    if not classes or bad:
+        raise ValueError(
+            f"{who}: classes must be a non-empty list of private class indices in "
+            f"0..{num_classes - 1}; got invalid {bad if bad else classes}"
+        )
+
+
+def check_prior(prior: dict[str, torch.Tensor], required: tuple[str, ...], who: str) -> None:
+    missing = [p for p in required if not any(k.startswith(p + ".") or k == p for k in prior)]
+    if missing:
+        raise ValueError(f"{who}: the prior lacks {', '.join(missing)}; was it trained by {who}?")
+
+
+# -- plugin ------------------------------------------------------------------------------------
+
+@dataclass
+class KEDMIConfig(PluginConfig):
+    # prior (GAN) -------------------------------------------------------------------------------
+    latent_dim: int = param(100, ge=1, prior=True, help="latent size of G (published: 100)")
+    gen_width: int = param(64, ge=1, prior=True, help="G base width (64 = published)")
+    disc_width: int = param(64, ge=1, prior=True,
+                            help="D base width (64 = published: 4x4x256 = 4096-d features)")
+    mbd_kernels: int = param(64, ge=1, prior=True, help="minibatch discrimination B (published 64)")
+    mbd_dim: int = param(50, ge=1, prior=True, help="minibatch discrimination C (published 50)")
+    gan_epochs: int = param(120, ge=1, prior=True,
+                            help="GAN epochs (one epoch = one pass of D steps over public data)")
+    batch_size: int = param(64, ge=2, prior=True, help="GAN batch size")
+    gan_lr: float = param(2e-4, gt=0.0, prior=True, help="Adam lr of G and D")
+    beta1: float = param(0.5, ge=0.0, lt=1.0, prior=True, help="Adam beta1 (GAN)")
+    beta2: float = param(0.999, ge=0.0, lt=1.0, prior=True, help="Adam beta2 (GAN)")
+    n_critic: int = param(5, ge=1, prior=True, help="D steps per G step")
+    entropy_weight: float = param(1e-4, ge=0.0, prior=True,
+                                  help="weight of the entropy of D(G(z)) in the G loss")
+    # inversion -------------------------------------------------------------------------------
+    inv_iters: int = param(2400, ge=1, help="Adam steps of the distributional recovery")
+    inv_lr: float = param(0.02, gt=0.0, help="Adam lr on (mu, log sigma^2)")
+    lambda_ce: float = param(100.0, ge=0.0, help="weight of CE(T(G(z)), y)")
+    init_log_var: float = param(1.0, help="initial log sigma^2 (published: 1)")
+    latent_clamp: str = param("z", choices=("z", "mu", "none"),
+                              help="z: clamp sampled z to [-clip, clip] in the graph; mu: project "
+                              "mu after each step; none: no constraint (what the official code does)")
+    clip: float = param(1.0, gt=0.0, help="latent clamp range")
+    samples_per_class: int = param(5, ge=1, help="samples drawn per class from the learned "
+                                   "distribution; all are returned and scored")
+
+
+@ATTACKS.register("kedmi")
+class KEDMI(Attack):
+    Config = KEDMIConfig
+    summary = "KED-MI: target-aware K-way GAN + learned latent Gaussian per class"
+    paper = "Chen et al., Knowledge-Enriched Distributional Model Inversion Attacks, ICCV 2021"
+    requirements = AttackRequirements(prior="per_target")
+    prior_version = "1"
+
+    def _nets(self) -> tuple[DCGANGenerator, KEDDiscriminator]:
+        c = self.cfg
+        g = DCGANGenerator(self.image_shape, c.latent_dim, c.gen_width)
+        d = KEDDiscriminator(self.image_shape, self.num_classes, c.disc_width, c.mbd_kernels, c.mbd_dim)
+        return g.to(self.device), d.to(self.device)
+
+    def train_prior(self, public: torch.Tensor, target: nn.Module | None, *, seed: int,
+                    progress: Any) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        if target is None:
+            raise ValueError("kedmi trains its GAN per target: train_prior needs the target model")
+        if public.ndim != 4 or tuple(public.shape[1:]) != tuple(self.image_shape):
+            raise ValueError(f"kedmi: public images must be (N, {', '.join(map(str, self.image_shape))}); "
+                             f"got {tuple(public.shape)}")
+        torch.manual_seed(seed)
+        probs = target_probs(target, public, self.device)  # frozen, eval, no_grad
+        if probs.shape[1] != self.num_classes:
+            raise ValueError(f"kedmi: target has {probs.shape[1]} outputs, expected {self.num_classes}")
+        g, d = self._nets()
+        opt_g = torch.optim.Adam(g.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
+        opt_d = torch.optim.Adam(d.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
+        n = len(public)
+        bs = min(c.batch_size, n)
+        gen = torch.Generator().manual_seed(seed + 1)
+        lab_batches = sample_batches(n, bs, gen)
+        unl_batches = sample_batches(n, bs, gen)
+        steps_per_epoch = max(1, n // bs)
+        total = c.gan_epochs * steps_per_epoch
+        pub = public.to(self.device)
+        probs = probs.to(self.device)
+        g.train()
+        d.train()
+        stats: dict[str, float] = {}
+        with progress.task("kedmi GAN", total=total) as bar:
+            for step in range(total):
+                # -- D step -------------------------------------------------------------------
+                li, ui = next(lab_batches), next(unl_batches)
+                with torch.no_grad():
+                    fake = g(torch.randn(len(li), c.latent_dim, device=self.device))
+                _, out_lab = d(pub[li])
+                _, out_unl = d(pub[ui])
+                _, out_fake = d(fake)
+                loss_lab = soft_cross_entropy(out_lab, probs[li])
+                loss_unl = semi_supervised_loss(out_unl, out_fake)
+                loss_d = loss_lab + loss_unl
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                stats.update(d_lab=float(loss_lab.detach()), d_unl=float(loss_unl.detach()))
+                # -- G step -------------------------------------------------------------------
+                if step % c.n_critic == 0:
+                    for p in d.parameters():
+                        p.requires_grad_(False)
+                    fake = g(torch.randn(bs, c.latent_dim, device=self.device))
+                    f_fake, o_fake = d(fake)
+                    with torch.no_grad():
+                        f_real, _ = d(pub[next(unl_batches)])
+                    fm = feature_matching_loss(f_fake, f_real)
+                    ent = entropy(o_fake)
+                    loss_g = fm + c.entropy_weight * ent
+                    opt_g.zero_grad(set_to_none=True)
+                    loss_g.backward()
+                    opt_g.step()
+                    for p in d.parameters():
+                        p.requires_grad_(True)
+                    stats.update(g_fm=float(fm.detach()), g_ent=float(ent.detach()))
+                if not torch.isfinite(loss_d):
+                    raise FloatingPointError(f"kedmi GAN: D loss became {float(loss_d)} at step {step}; "
+                                             "lower gan_lr")
+                bar.advance(1, **stats)
+        log.info("kedmi GAN trained: %d D steps; last %s", total,
+                 ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+        return {**prefixed("G", g), **prefixed("D", d)}
+
+    def _sample_z(self, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+        z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+        if self.cfg.latent_clamp == "z":
+            z = torch.clamp(z, -self.cfg.clip, self.cfg.clip)
+        return z
+
+    def invert(self, target: nn.Module, prior: dict[str, torch.Tensor], classes: list[int], *,
+               seed: int, progress: Any) -> Inversion:
+        c = self.cfg
+        check_classes(classes, self.num_classes, "kedmi")
+        check_prior(prior, ("G", "D"), "kedmi")
+        g, d = self._nets()
+        load_prefixed("G", g, prior)
+        load_prefixed("D", d, prior)
+        torch.manual_seed(seed)
+        y = torch.tensor(classes, dtype=torch.long, device=self.device)
+        k = len(classes)
+        mu = torch.zeros(k, c.latent_dim, device=self.device, requires_grad=True)
+        log_var = torch.full((k, c.latent_dim), float(c.init_log_var), device=self.device,
+                             requires_grad=True)
+        opt = torch.optim.Adam([mu, log_var], lr=c.inv_lr)
+        with frozen(g, d, target), progress.task("kedmi inversion", total=c.inv_iters) as bar:
+            for it in range(c.inv_iters):
+                z = self._sample_z(mu, log_var)
+                x = g(z)
+                _, logits_d = d(x)
+                prior_loss = realness_loss(logits_d)
+                out = target(x)
+                ce = F.cross_entropy(out, y)
+                loss = prior_loss + c.lambda_ce * ce
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if c.latent_clamp == "mu":
+                    with torch.no_grad():
+                        mu.clamp_(-c.clip, c.clip)
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(f"kedmi inversion: loss became {float(loss.detach())} at step {it}; "
+                                             "lower inv_lr")
+                bar.advance(1, prior=float(prior_loss.detach()), ce=float(ce.detach()),
+                            acc=float((out.argmax(1) == y).float().mean()))
+            with torch.no_grad():
+                imgs = torch.stack([g(self._sample_z(mu, log_var)) for _ in range(c.samples_per_class)], 1)
+        return Inversion(
+            images=imgs.detach().cpu().clamp(0, 1),
+            classes=[int(v) for v in classes],
+            protocol={
+                "attack": "kedmi",
+                "samples_per_class": c.samples_per_class,
+                "selection": "all N samples drawn from the learned distribution, each scored",
+                "iterations": c.inv_iters,
+                "optimizer": f"Adam lr={c.inv_lr} on (mu, log sigma^2), one draw per class per step",
+                "loss": f"-log sigmoid(lse(D(G(z)))) + {c.lambda_ce} * CE(T(G(z)), y)",
+                "latent_clamp": c.latent_clamp, "clip": c.clip,
+            },
+            extra={"mu": mu.detach().cpu(), "log_var": log_var.detach().cpu()},
+        )

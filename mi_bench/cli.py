@@ -1,0 +1,210 @@
+"""The ``mi-bench`` command line.
+
+    mi-bench run defense=bido attack=gmi            # train, attack, score, store, show
+    mi-bench run dataset=mnist preset=quick seed=3 defense.lambda_y=1.0 --json
+    mi-bench sweep defense=bido defense.lambda_y=0.5,1,2 seed=0,1
+    mi-bench show-config defense=bido-coco
+    mi-bench list
+    mi-bench leaderboard --format markdown
+
+Every user mistake exits with status 2 and one ``error:`` line on stderr before work starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mi_bench.artifacts import ArtifactError
+from mi_bench.config import ConfigError, RunConfig, compose, stable_hash, to_dict, to_yaml
+from mi_bench.data import DataUnavailable
+from mi_bench.registry import REGISTRIES, RegistryError
+from mi_bench.runtime import Bars, console, setup_logging
+
+log = logging.getLogger("mi_bench")
+
+USER_ERRORS = (ConfigError, DataUnavailable, ArtifactError, RegistryError)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _compose(overrides: tuple[str, ...]) -> RunConfig:
+    try:
+        return compose(list(overrides))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+        raise  # unreachable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]))
+def cli(log_level: str) -> None:
+    """mi-bench: train defended classifiers, attack them, report accuracy vs leakage."""
+    setup_logging(log_level)
+
+
+def _summary_table(rec: dict) -> Table:
+    m = rec["metrics"]
+    cfg = rec["config"]
+    t = Table(title=f"run {rec['run_id']}: {cfg['attack']['name']} vs {rec['defense_label']} "
+                    f"on {cfg['dataset']['name']} ({cfg['dataset']['protocol']}, preset {cfg['preset']})")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_column("protocol", overflow="fold")
+    pct = lambda v: "failed" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    num = lambda k: f"failed ({m['metric_errors'].get(k, '')[:60]})" if m.get(k) is None else f"{m[k]:.3f}"  # noqa: E731
+    n_priv = len(rec["protocol"]["data"]["private_classes"])
+    t.add_row("target acc", pct(m["target_acc"]), "private test split")
+    t.add_row("eval acc", pct(m["eval_acc"]), f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")
+    t.add_row("attack acc (top-1)", pct(m["attack_acc"]), f"chance {100 / n_priv:.0f}% over private classes; "
+              f"{m['n_reconstructions']} reconstructions")
+    t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]), "")
+    t.add_row("per class", " ".join(f"{k}:{100 * v:.0f}" for k, v in m["per_class"].items()), "")
+    t.add_row("KNN dist", num("knn_dist"), "evaluator features, same-class private train")
+    t.add_row("FID (eval feats)", num("fid_eval"), "vs private train")
+    t.add_row("FID (Inception)", num("fid_inception"), "")
+    t.add_row("trained", ", ".join(rec["trained"]) or "nothing (all cached)", "")
+    t.add_row("wall time", f"{rec['wall_seconds']:.1f}s",
+              " ".join(f"{k}={v:.1f}s" for k, v in rec["stage_seconds"].items()))
+    t.add_row("grid", str(rec.get("grid")), "")
+    return t
+
+
+def _run_one(cfg: RunConfig, quiet: bool) -> dict:
+    from mi_bench.pipeline import run
+
+    try:
+        with Bars(enabled=not quiet) as bars:
+            return run(cfg, bars)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    except ValueError as exc:  # bad values caught at run time (e.g. classes, checkpoint shape)
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("overrides", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print the run record as JSON on stdout")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Train (or load cached) target, evaluator and prior; attack; score; store the record."""
+    cfg = _compose(overrides)
+    rec = _run_one(cfg, quiet)
+    if as_json:
+        click.echo(json.dumps(rec, indent=2, default=str))
+    else:
+        console.print(_summary_table(rec))
+
+
+def _expand(token: str) -> list[str]:
+    key, _, value = token.partition("=")
+    if not value or value.startswith("[") or "," not in value:
+        return [token]
+    return [f"{key}={v}" for v in value.split(",")]
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("overrides", nargs=-1)
+@click.option("--force", is_flag=True, help="re-run configurations that already have a record")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def sweep(overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
+    """Run the cartesian product of comma-separated values (``defense.lambda_y=0.5,1,2``).
+
+    A configuration whose record already exists (same config hash) is skipped, so an
+    interrupted sweep resumes where it stopped."""
+    from mi_bench.results import ResultStore
+
+    combos = [list(c) for c in itertools.product(*[_expand(t) for t in overrides])]
+    cfgs = [_compose(tuple(c)) for c in combos]  # validate everything before any work
+    for i, (tokens, cfg) in enumerate(zip(combos, cfgs), 1):
+        d = to_dict(cfg)
+        h = stable_hash({k: v for k, v in d.items() if k not in (
+            "threads", "device", "data_root", "cache_dir", "results_db", "results_dir")})
+        if not force and ResultStore(cfg.results_db).has_config(h):
+            log.info("[%d/%d] %s: record exists, skipped", i, len(cfgs), " ".join(tokens))
+            continue
+        log.info("[%d/%d] %s", i, len(cfgs), " ".join(tokens))
+        rec = _run_one(cfg, quiet)
+        m = rec["metrics"]
+        log.info("  target acc %.3f, attack acc %.3f (%.1fs)", m["target_acc"], m["attack_acc"], rec["wall_seconds"])
+
+
+@cli.command("show-config", context_settings={"ignore_unknown_options": True})
+@click.argument("overrides", nargs=-1)
+def show_config(overrides: tuple[str, ...]) -> None:
+    """Print the resolved configuration."""
+    click.echo(to_yaml(_compose(overrides)), nl=False)
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """List registered attacks, defenses, datasets and models."""
+    from mi_bench.config import group_options
+
+    for kind, reg in REGISTRIES.items():
+        t = Table(title=f"{kind}s", title_justify="left")
+        t.add_column("name", style="bold")
+        t.add_column("description")
+        t.add_column("paper")
+        for name, obj in reg.items():
+            t.add_row(name, getattr(obj, "summary", "") or (obj.__doc__ or "").strip().split("\n")[0],
+                      getattr(obj, "paper", ""))
+        click.echo()
+        console.print(t)
+        if reg.broken:
+            for n, why in reg.broken.items():
+                console.print(f"[yellow]broken {kind} plugin '{n}': {why}[/]")
+    console.print(f"presets: {', '.join(group_options('preset'))}")
+    console.print(f"defense options (with aliases): {', '.join(group_options('defense'))}")
+
+
+@cli.command()
+@click.option("--db", default="results/mi_bench.sqlite", show_default=True, help="results database")
+@click.option("--format", "fmt", default="table",
+              type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
+def leaderboard(db: str, fmt: str, output: Path | None, plot: Path | None) -> None:
+    """Stored results grouped over seeds (mean ± standard error)."""
+    from mi_bench.results import HEADERS, PROTOCOL_NOTE, ResultStore, leaderboard as board, render, table_rows
+
+    if not Path(db).is_file():
+        _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH")
+    rows = board(ResultStore(db).records())
+    if plot:
+        from mi_bench.viz import tradeoff_plot
+        tradeoff_plot(plot, rows, "accuracy vs leakage")
+    if fmt == "table" and output is None:
+        t = Table(title="mi-bench leaderboard", caption=PROTOCOL_NOTE)
+        for h in HEADERS:
+            t.add_column(h)
+        for cells in table_rows(rows):
+            t.add_row(*cells)
+        from rich.console import Console
+        Console().print(t)
+        return
+    text = render(rows, "markdown" if fmt == "table" else fmt)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        log.info("wrote %s", output)
+    else:
+        click.echo(text, nl=False)
+
+
+def main() -> None:
+    cli(prog_name="mi-bench")
+
+
+if __name__ == "__main__":
+    main()

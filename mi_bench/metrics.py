@@ -1,0 +1,156 @@
+"""Scoring of reconstructions, identical for every attack (methods.md section 4).
+
+Protocol (stored with every result as ``metrics_protocol``):
+* ``attack_acc`` / ``attack_acc_top5``: the evaluation model E (trained on the whole domain,
+  all classes) classifies every kept reconstruction; a success is E's top-1 (top-5) equal to
+  the attacked class's original label. Averaged over classes and samples. ``per_class`` holds
+  the top-1 accuracy of each attacked class.
+* ``knn_dist``: for each reconstruction, the minimum over the private *training* images of the
+  same class of the squared L2 distance between E's penultimate features; averaged.
+* ``fid_eval``: Frechet distance (pytorch-fid's ``calculate_frechet_distance``) between E's
+  penultimate features of all reconstructions and of all private training images.
+* ``fid_inception``: pytorch-fid's Inception-v3 pool features, same two sets, computed only when
+  the Inception weights are already on disk; otherwise ``None`` with the reason in
+  ``metric_errors``. A metric that fails is ``None`` plus its reason - never 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mi_bench.data import DataSplits
+from mi_bench.interfaces import Inversion
+
+log = logging.getLogger(__name__)
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+
+METRICS_PROTOCOL = {
+    "attack_acc": "top-1 of the all-class evaluation model == attacked class, mean over classes x samples",
+    "attack_acc_top5": "attacked class within the evaluator's top-5, mean over classes x samples",
+    "knn_dist": "mean over reconstructions of min squared L2 (evaluator penultimate features) "
+    "to private training images of the same class",
+    "fid_eval": "Frechet distance on evaluator penultimate features: all reconstructions vs all "
+    "private training images",
+    "fid_inception": "pytorch-fid Inception-v3 (2048-d pool): all reconstructions vs all private "
+    "training images; null unless the weights are on disk",
+}
+
+
+@torch.no_grad()
+def _embed(model: torch.nn.Module, x: torch.Tensor, size: int, batch: int = 512) -> torch.Tensor:
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for xb in x.split(batch):
+        xb = xb.to(dev)
+        if xb.shape[-1] != size:
+            xb = F.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
+        out.append(model.embed(xb).float().cpu())
+    return torch.cat(out)
+
+
+def frechet(a: np.ndarray, b: np.ndarray) -> float:
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"needs at least 2 images per set (got {len(a)} and {len(b)})")
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
+    if not np.isfinite(value):
+        raise ValueError(f"Frechet distance is {value}")
+    return value
+
+
+def inception_weights_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def fid_inception(recon: torch.Tensor, real: torch.Tensor, device: torch.device) -> float:
+    path = inception_weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Inception-v3 FID weights not on disk ({path}); download {INCEPTION_FILE} from the "
+            "pytorch-fid release page into that folder to enable fid_inception"
+        )
+    from pytorch_fid.inception import InceptionV3
+
+    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
+
+    @torch.no_grad()
+    def feats(x: torch.Tensor) -> np.ndarray:
+        out = []
+        for xb in x.split(64):
+            xb = xb.to(device)
+            if xb.shape[1] == 1:
+                xb = xb.repeat(1, 3, 1, 1)
+            out.append(model(xb)[0].squeeze(-1).squeeze(-1).cpu())
+        return torch.cat(out).numpy()
+
+    return frechet(feats(recon), feats(real))
+
+
+def score_inversion(
+    inversion: Inversion, evaluator: torch.nn.Module, splits: DataSplits, *,
+    inception: bool = True, device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """All metrics of one inversion. Returns a flat dict; failures in ``metric_errors``."""
+    images = inversion.images
+    n_cls, n_s = images.shape[:2]
+    flat = images.reshape(n_cls * n_s, *images.shape[2:])
+    size = splits.image_shape[-1]
+    true_domain = torch.tensor(
+        [splits.private_classes[c] for c in inversion.classes]
+    ).repeat_interleave(n_s)
+    feats = _embed(evaluator, flat, size)
+    with torch.no_grad():
+        logits = evaluator.head(feats.to(next(evaluator.parameters()).device)).cpu()
+    top1 = logits.argmax(1) == true_domain
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, dim=1).indices == true_domain[:, None]).any(1)
+    per_class = top1.view(n_cls, n_s).float().mean(1)
+    out: dict[str, Any] = {
+        "attack_acc": float(top1.float().mean()),
+        "attack_acc_top5": float(top5.float().mean()),
+        "per_class": {int(c): float(a) for c, a in zip(inversion.classes, per_class)},
+        "evaluator_predictions": logits.argmax(1).view(n_cls, n_s).tolist(),
+        "n_reconstructions": int(n_cls * n_s),
+    }
+    errors: dict[str, str] = {}
+    x_tr, y_tr = splits.private_train
+    real_feats = _embed(evaluator, x_tr, size)
+    try:
+        dists = []
+        for i, c in enumerate(inversion.classes):
+            ref = real_feats[y_tr == c]
+            if len(ref) == 0:
+                raise ValueError(f"no private training images of class {c}")
+            d = torch.cdist(feats[i * n_s:(i + 1) * n_s], ref).pow(2).min(1).values
+            dists.append(d)
+        out["knn_dist"] = float(torch.cat(dists).mean())
+    except Exception as exc:  # noqa: BLE001 - reported, never silently 0
+        out["knn_dist"] = None
+        errors["knn_dist"] = f"{type(exc).__name__}: {exc}"
+    try:
+        out["fid_eval"] = frechet(feats.numpy().astype(np.float64), real_feats.numpy().astype(np.float64))
+    except Exception as exc:  # noqa: BLE001
+        out["fid_eval"] = None
+        errors["fid_eval"] = f"{type(exc).__name__}: {exc}"
+    if inception:
+        try:
+            out["fid_inception"] = fid_inception(flat, x_tr, torch.device(device))
+        except Exception as exc:  # noqa: BLE001
+            out["fid_inception"] = None
+            errors["fid_inception"] = f"{type(exc).__name__}: {exc}"
+    else:
+        out["fid_inception"] = None
+        errors["fid_inception"] = "disabled (eval.fid_inception=false)"
+    out["metric_errors"] = errors
+    return out

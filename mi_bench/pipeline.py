@@ -1,0 +1,303 @@
+"""``mi-bench run``: train (or load) the target, the evaluator and the attack prior, invert,
+score, store and show.
+
+Stages and their cache keys (``mi_bench.artifacts``):
+* target    - dataset private train/val content hash, ``target`` section, defense config,
+              run seed, stage code version (or the user checkpoint's SHA-256);
+* evaluator - dataset eval train/val content hash, ``evaluator`` section, ``eval_seed``;
+* prior     - attack name and ``prior_version``, the attack fields marked ``prior=True``,
+              public-set content hash, image shape, run seed, and the target's key when the
+              attack trains its prior against the target (KED-MI, PLG-MI).
+Nothing else (threads, device, inversion settings, paths) enters a key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import platform
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import mi_bench
+from mi_bench.artifacts import ArtifactStore, load_checkpoint, resolve_cache_dir
+from mi_bench.config import RunConfig, stable_hash, to_dict
+from mi_bench.data import DataSplits, load_splits, resolve_data_root
+from mi_bench.interfaces import Attack, Defense
+from mi_bench.metrics import METRICS_PROTOCOL, score_inversion
+from mi_bench.models import build_model
+from mi_bench.params import prior_fields
+from mi_bench.registry import ATTACKS, DEFENSES
+from mi_bench.results import ResultStore
+from mi_bench.runtime import NULL_BARS, Bars, resolve_device, set_threads
+from mi_bench.train import accuracy, train_classifier
+from mi_bench.viz import save_grid
+
+log = logging.getLogger(__name__)
+
+TARGET_VERSION = "1"
+EVALUATOR_VERSION = "1"
+
+
+def defense_label(defense_cfg: Any) -> str:
+    """``bido[measure=hsic,lambda_x=0.05,lambda_y=0.5]``: the name plus its strength/choice fields."""
+    parts = []
+    for f in dataclasses.fields(defense_cfg):
+        if f.name != "name" and (f.metadata.get("sweep") or f.metadata.get("choices")):
+            parts.append(f"{f.name}={getattr(defense_cfg, f.name)}")
+    return f"{defense_cfg.name}[{','.join(parts)}]" if parts else defense_cfg.name
+
+
+def _make_defense(cfg: RunConfig, splits: DataSplits) -> Defense:
+    cls = DEFENSES.get(cfg.defense.name)
+    return cls(cfg.defense, num_classes=splits.num_private_classes, input_shape=splits.image_shape)
+
+
+def _target_factory(cfg: RunConfig, splits: DataSplits):
+    c = splits.image_shape[0]
+    return lambda: build_model(cfg.target.model, num_classes=splits.num_private_classes,
+                               in_channels=c, width=cfg.target.width)
+
+
+class Runner:
+    def __init__(self, cfg: RunConfig, bars: Bars = NULL_BARS) -> None:
+        self.cfg = cfg
+        self.bars = bars
+        set_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.store = ArtifactStore(resolve_cache_dir(cfg.cache_dir))
+        self.times: dict[str, float] = {}
+        self.trained: list[str] = []
+        self.artifacts: dict[str, dict[str, Any]] = {}
+
+    # -- stages ------------------------------------------------------------------------------
+    def _timed(self, stage: str, t0: float) -> None:
+        self.times[stage] = round(self.times.get(stage, 0.0) + time.perf_counter() - t0, 3)
+
+    def _classifier_stage(self, kind: str, key_spec: dict[str, Any], make, train, val, tcfg,
+                          *, seed: int, defense: Defense | None) -> tuple[torch.nn.Module, dict]:
+        key = stable_hash(key_spec)
+        t0 = time.perf_counter()
+        model = (defense.build_model(make()) if defense else make()).to(self.device)
+        if self.store.exists(kind, key):
+            state, meta = self.store.load(kind, key)
+            model.load_state_dict(state)
+            log.info("%s: cached %s - no training", kind, key)
+            cached = True
+        else:
+            res = train_classifier(make, train, val, tcfg, seed=seed, defense=defense,
+                                   device=self.device, bars=self.bars, desc=f"train {kind}")
+            model = res.model
+            meta = {"spec": key_spec, "history": res.history, "best_epoch": res.best_epoch,
+                    "val_acc": res.val_acc, "defense_report": res.defense_report}
+            meta["sha256"] = self.store.save(kind, key, model.state_dict(), meta)
+            self.trained.append(kind)
+            cached = False
+        model.eval()
+        self._timed(kind, t0)
+        info = {"key": key, "sha256": meta["sha256"], "cached": cached,
+                "best_epoch": meta.get("best_epoch"), "val_acc": meta.get("val_acc"),
+                "defense_report": meta.get("defense_report", {})}
+        self.artifacts[kind] = info
+        return model, info
+
+    def target(self, splits: DataSplits) -> torch.nn.Module:
+        cfg = self.cfg
+        defense = _make_defense(cfg, splits)
+        make = _target_factory(cfg, splits)
+        if cfg.target_checkpoint:
+            t0 = time.perf_counter()
+            state = load_checkpoint(cfg.target_checkpoint)
+            model = defense.build_model(make()).to(self.device)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                from mi_bench.artifacts import ArtifactError
+                raise ArtifactError(
+                    f"target_checkpoint {cfg.target_checkpoint} does not fit target.model="
+                    f"{cfg.target.model} width={cfg.target.width} with defense={cfg.defense.name}: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+            from mi_bench.artifacts import sha256_file
+            digest = sha256_file(Path(cfg.target_checkpoint))
+            self.artifacts["target"] = {"key": "file:" + digest[:16], "sha256": digest,
+                                        "cached": True, "path": str(cfg.target_checkpoint)}
+            self._timed("target", t0)
+            return model.eval()
+        spec = {
+            "stage": "target", "version": TARGET_VERSION,
+            "data": splits.fingerprint(("private_train", "private_val")),
+            "train": to_dict(cfg.target), "defense": to_dict(cfg.defense), "seed": cfg.seed,
+        }
+        model, _ = self._classifier_stage("target", spec, make, splits.private_train,
+                                          splits.private_val, cfg.target, seed=cfg.seed,
+                                          defense=defense)
+        return model
+
+    def evaluator(self, splits: DataSplits) -> torch.nn.Module:
+        cfg = self.cfg
+        c = splits.image_shape[0]
+        make = lambda: build_model(cfg.evaluator.model, num_classes=splits.num_domain_classes,  # noqa: E731
+                                   in_channels=c, width=cfg.evaluator.width)
+        spec = {
+            "stage": "evaluator", "version": EVALUATOR_VERSION,
+            "data": splits.fingerprint(("eval_train", "eval_val")),
+            "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed,
+        }
+        model, _ = self._classifier_stage("evaluator", spec, make, splits.eval_train,
+                                          splits.eval_val, cfg.evaluator, seed=cfg.eval_seed,
+                                          defense=None)
+        return model
+
+    def prior(self, attack: Attack, splits: DataSplits, target: torch.nn.Module) -> dict[str, torch.Tensor]:
+        req = attack.requirements
+        if req.prior == "none":
+            return {}
+        spec: dict[str, Any] = {
+            "stage": "prior", "attack": attack.name, "version": attack.prior_version,
+            "prior": prior_fields(attack.cfg), "public": splits.fingerprint(("public",)),
+            "image_shape": list(splits.image_shape), "seed": self.cfg.seed,
+        }
+        if req.prior == "per_target":
+            spec["target"] = self.artifacts["target"]["key"]
+        key = stable_hash(spec)
+        kind = f"prior-{attack.name}"
+        t0 = time.perf_counter()
+        if self.store.exists(kind, key):
+            tensors, meta = self.store.load(kind, key)
+            log.info("%s prior: cached %s - no training", attack.name, key)
+            cached = True
+        else:
+            tensors = attack.train_prior(
+                splits.public[0], target if req.prior == "per_target" else None,
+                seed=self.cfg.seed, progress=self.bars,
+            )
+            meta = {"spec": spec, "sha256": self.store.save(kind, key, tensors, {"spec": spec})}
+            self.trained.append("prior")
+            cached = False
+        self._timed("prior", t0)
+        self.artifacts["prior"] = {"key": key, "sha256": meta["sha256"], "cached": cached,
+                                   "shared_across_targets": req.prior == "shared"}
+        return tensors
+
+    # -- whole run ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        t0 = time.perf_counter()
+        splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root))
+        self._timed("data", t0)
+        classes = list(cfg.classes) or list(range(splits.num_private_classes))
+        bad = [c for c in classes if not 0 <= c < splits.num_private_classes]
+        if bad:
+            raise ValueError(
+                f"classes={bad} are not private classes: use indices 0..{splits.num_private_classes - 1}"
+            )
+        target = self.target(splits)
+        evaluator = self.evaluator(splits)
+        t0 = time.perf_counter()
+        target_acc = accuracy(target, *splits.private_test)
+        eval_acc = accuracy(evaluator, *splits.eval_test)
+        self._timed("utility", t0)
+
+        attack_cls = ATTACKS.get(cfg.attack.name)
+        attack = attack_cls(cfg.attack, image_shape=splits.image_shape,
+                            num_classes=splits.num_private_classes, device=self.device)
+        for p in target.parameters():
+            p.requires_grad_(False)
+        prior = self.prior(attack, splits, target)
+        t0 = time.perf_counter()
+        inversion = attack.invert(target, prior, classes, seed=cfg.seed, progress=self.bars)
+        self._timed("inversion", t0)
+        t0 = time.perf_counter()
+        metrics = score_inversion(inversion, evaluator, splits, inception=cfg.eval.fid_inception,
+                                  device=self.device)
+        self._timed("scoring", t0)
+        metrics = {"target_acc": target_acc, "eval_acc": eval_acc, **metrics}
+
+        grid = self._grid(run_id, splits, inversion, metrics)
+        config = to_dict(cfg)
+        no_seed = {k: v for k, v in config.items()
+                   if k not in ("seed", "threads", "device", "data_root", "cache_dir", "results_db", "results_dir")}
+        record = {
+            "run_id": run_id,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "config": config,
+            "config_hash": stable_hash({k: v for k, v in config.items() if k not in (
+                "threads", "device", "data_root", "cache_dir", "results_db", "results_dir")}),
+            "group_hash": stable_hash(no_seed),
+            "defense_label": defense_label(cfg.defense),
+            "seed": cfg.seed,
+            "protocol": {
+                "data": splits.info,
+                "attacked_classes": classes,
+                "inversion": inversion.protocol,
+                "metrics": METRICS_PROTOCOL,
+                "model_selection": {"target": cfg.target.selection, "evaluator": cfg.evaluator.selection,
+                                    "note": "best_val = highest accuracy on a validation split "
+                                            "carved from training data; test split only reported"},
+                "evaluator": f"{cfg.evaluator.model} over all {splits.num_domain_classes} classes, "
+                             f"seed {cfg.eval_seed}",
+                "attack_requirements": dataclasses.asdict(attack.requirements),
+            },
+            "artifacts": self.artifacts,
+            "trained": self.trained,
+            "metrics": metrics,
+            "defense_report": self.artifacts.get("target", {}).get("defense_report", {}),
+            "stage_seconds": self.times,
+            "wall_seconds": round(time.perf_counter() - t_start, 3),
+            "grid": str(grid) if grid else None,
+            "versions": versions(),
+            "machine": machine(cfg, self.device),
+        }
+        ResultStore(cfg.results_db).append(record)
+        return record
+
+    def _grid(self, run_id: str, splits: DataSplits, inversion, metrics) -> Path | None:
+        cfg = self.cfg
+        x_tr, y_tr = splits.private_train
+        real = [x_tr[y_tr == c][: cfg.eval.grid_real] for c in inversion.classes]
+        preds = metrics["evaluator_predictions"]
+        correct = [[p == splits.private_classes[c] for p in row] for c, row in zip(inversion.classes, preds)]
+        names = [f"class {c} (digit {splits.private_classes[c]})\nE acc {metrics['per_class'][c]:.0%}"
+                 for c in inversion.classes]
+        title = (f"{cfg.attack.name} vs {defense_label(cfg.defense)} on {splits.name} "
+                 f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
+                 f"{metrics['attack_acc']:.0%}, target acc {metrics['target_acc']:.1%}")
+        path = Path(cfg.results_dir) / f"{run_id}.png"
+        return save_grid(path, inversion.images, inversion.classes, real, correct, preds, names, title)
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    out = {"mi_bench": mi_bench.__version__, "torch": torch.__version__,
+           "torchvision": torchvision.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    for mod in ("kornia", "opacus", "pytorch_fid"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional in a record
+            out[mod] = "unavailable"
+    return out
+
+
+def machine(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    import os
+
+    info = {"platform": platform.platform(), "processor": platform.machine(),
+            "cpu_count": os.cpu_count(), "threads": cfg.threads, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def run(cfg: RunConfig, bars: Bars = NULL_BARS) -> dict[str, Any]:
+    return Runner(cfg, bars).run()

@@ -1,0 +1,181 @@
+"""Result records in SQLite and the leaderboard built from them.
+
+Each run appends one row: indexed columns for querying plus the whole record as JSON (full
+resolved config, protocol, artifact hashes, metrics, per-stage wall times, versions, machine).
+A leaderboard entry groups runs that differ only in their seed and reports mean +- standard
+error over seeds, with the protocol next to the numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    group_hash TEXT NOT NULL,
+    dataset TEXT, protocol TEXT, defense TEXT, attack TEXT, preset TEXT, seed INTEGER,
+    target_acc REAL, attack_acc REAL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_config ON runs(config_hash);
+"""
+
+METRIC_COLUMNS = ("target_acc", "eval_acc", "attack_acc", "attack_acc_top5", "knn_dist",
+                  "fid_eval", "fid_inception")
+
+
+class ResultStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path)
+        con.executescript(SCHEMA)
+        return con
+
+    def append(self, record: dict[str, Any]) -> None:
+        m = record["metrics"]
+        cfg = record["config"]
+        with self._connect() as con:
+            con.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (record["run_id"], record["created_at"], record["config_hash"], record["group_hash"],
+                 cfg["dataset"]["name"], cfg["dataset"]["protocol"], record["defense_label"],
+                 cfg["attack"]["name"], cfg["preset"], cfg["seed"], m.get("target_acc"),
+                 m.get("attack_acc"), json.dumps(record, default=str)),
+            )
+        con.close()
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        con = self._connect()
+        try:
+            rows = con.execute("SELECT record FROM runs ORDER BY created_at").fetchall()
+        finally:
+            con.close()
+        return [json.loads(r[0]) for r in rows]
+
+    def has_config(self, config_hash: str) -> bool:
+        if not self.path.is_file():
+            return False
+        con = self._connect()
+        try:
+            return con.execute("SELECT 1 FROM runs WHERE config_hash=? LIMIT 1", (config_hash,)).fetchone() is not None
+        finally:
+            con.close()
+
+
+def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, None
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)
+    return mean, math.sqrt(var / len(vals))
+
+
+def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (config without seed): mean and standard error of each metric over seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r["group_hash"], []).append(r)
+    rows = []
+    for recs in groups.values():
+        first = recs[0]
+        cfg = first["config"]
+        row: dict[str, Any] = {
+            "dataset": cfg["dataset"]["name"], "protocol": cfg["dataset"]["protocol"],
+            "defense": first["defense_label"], "attack": cfg["attack"]["name"],
+            "preset": cfg["preset"], "seeds": sorted({r["config"]["seed"] for r in recs}),
+            "runs": len(recs),
+        }
+        for m in METRIC_COLUMNS:
+            row[m], row[m + "_se"] = _mean_se([r["metrics"].get(m) for r in recs])
+        row["failed_metrics"] = sorted({k for r in recs for k in r["metrics"].get("metric_errors", {})})
+        rows.append(row)
+    rows.sort(key=lambda r: (r["dataset"], r["protocol"], r["attack"], r["defense"], r["preset"]))
+    return rows
+
+
+def _cell(row: dict[str, Any], m: str, pct: bool) -> str:
+    v, se = row[m], row[m + "_se"]
+    if v is None:
+        return "failed" if m in row.get("failed_metrics", []) else "-"
+    scale = 100 if pct else 1
+    s = f"{v * scale:.1f}" if pct else f"{v:.2f}"
+    if se is not None:
+        s += f" ± {se * scale:.1f}" if pct else f" ± {se:.2f}"
+    return s
+
+
+COLUMNS = [("dataset", None), ("protocol", None), ("defense", None), ("attack", None),
+           ("preset", None), ("seeds", None), ("target_acc", True), ("attack_acc", True),
+           ("attack_acc_top5", True), ("knn_dist", False), ("fid_eval", False),
+           ("fid_inception", False)]
+HEADERS = ["dataset", "protocol", "defense", "attack", "preset", "seeds", "target acc %",
+           "attack acc %", "top-5 %", "KNN dist", "FID (E feats)", "FID (Inception)"]
+
+PROTOCOL_NOTE = (
+    "Accuracies in %, mean ± standard error over seeds. Attack acc: top-1 of a 10-class "
+    "evaluation model (different architecture and seed from the target) on every kept "
+    "reconstruction. KNN dist: squared L2 in evaluator features to the nearest private training "
+    "image of the same class. FID (E feats): Frechet distance on evaluator features vs private "
+    "training images (not comparable with Inception FID). Full protocol and configs in each record."
+)
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    out = []
+    for r in rows:
+        cells = []
+        for key, pct in COLUMNS:
+            if pct is None:
+                cells.append(",".join(map(str, r[key])) if key == "seeds" else str(r[key]))
+            else:
+                cells.append(_cell(r, key, pct))
+        out.append(cells)
+    return out
+
+
+def render(rows: list[dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    body = table_rows(rows)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        flat_cols = [c for c, _ in COLUMNS]
+        w.writerow(flat_cols + [c + "_se" for c, p in COLUMNS if p is not None])
+        for r in rows:
+            w.writerow([",".join(map(str, r[c])) if c == "seeds" else r[c] for c in flat_cols]
+                       + [r[c + "_se"] for c, p in COLUMNS if p is not None])
+        return buf.getvalue()
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines) + f"\n\n{PROTOCOL_NOTE}\n"
+    if fmt == "latex":
+        esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$")  # noqa: E731
+        lines = [r"\begin{tabular}{" + "l" * 6 + "r" * (len(HEADERS) - 6) + "}", r"\toprule",
+                 " & ".join(esc(h) for h in HEADERS) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(c) for c in cells) + r" \\" for cells in body]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    if fmt == "html":
+        th = "".join(f"<th>{h}</th>" for h in HEADERS)
+        trs = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body)
+        return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>\n<p>{PROTOCOL_NOTE}</p>\n"
+    raise ValueError(f"unknown format {fmt!r}")

@@ -1,0 +1,80 @@
+"""Image grids of reconstructions next to real private images, and tradeoff plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def _to_img(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().cpu().clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def save_grid(
+    path: Path, images: torch.Tensor, classes: list[int], real: list[torch.Tensor],
+    correct: list[list[bool]], predictions: list[list[int]], class_names: list[str], title: str,
+) -> Path:
+    """One row per attacked class: real private images, then the reconstructions, each framed
+    green when the evaluation model classifies it as the attacked class and red otherwise,
+    with the evaluator's prediction under it."""
+    n_cls, n_s = images.shape[:2]
+    n_real = max((len(r) for r in real), default=0)
+    cols = n_real + n_s + (1 if n_real else 0)
+    fig, axes = plt.subplots(n_cls, cols, figsize=(1.1 * cols, 1.25 * n_cls + 0.6), squeeze=False)
+    gray = images.shape[2] == 1
+    for i, c in enumerate(classes):
+        for j in range(cols):
+            ax = axes[i, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j < n_real and j < len(real[i]):
+                ax.imshow(_to_img(real[i][j]), cmap="gray" if gray else None, vmin=0, vmax=1)
+                if i == 0:
+                    ax.set_title("real", fontsize=7)
+            elif j > n_real or (n_real == 0 and j >= 0):
+                k = j - n_real - (1 if n_real else 0)
+                ax.imshow(_to_img(images[i, k]), cmap="gray" if gray else None, vmin=0, vmax=1)
+                ok = correct[i][k]
+                for s in ax.spines.values():
+                    s.set_visible(True), s.set_color("tab:green" if ok else "tab:red"), s.set_linewidth(2.5)
+                ax.set_xlabel(f"E: {predictions[i][k]}", fontsize=7)
+                if i == 0 and k == 0:
+                    ax.set_title("reconstructions", fontsize=7, loc="left")
+        axes[i, 0].set_ylabel(class_names[i], fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tradeoff_plot(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
+    """Target accuracy (utility) against attack accuracy (leakage), one point per entry."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in rows:
+        if r.get("target_acc") is None or r.get("attack_acc") is None:
+            continue
+        ax.errorbar(100 * r["attack_acc"], 100 * r["target_acc"],
+                    xerr=100 * (r.get("attack_acc_se") or 0), yerr=100 * (r.get("target_acc_se") or 0),
+                    fmt="o", capsize=3)
+        ax.annotate(f"{r['defense']}/{r['attack']}", (100 * r["attack_acc"], 100 * r["target_acc"]),
+                    fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("attack accuracy % (lower = more private)")
+    ax.set_ylabel("target test accuracy % (utility)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

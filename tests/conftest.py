@@ -1,0 +1,56 @@
+"""Shared fixtures. Tests run on one torch thread (see results/threads.md for why)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MI_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_mnist_or_skip() -> Path:
+    if not (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"MNIST not found at {SHARED_DATA}/MNIST/raw (needs ../shared/data beside the repo)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return shared_mnist_or_skip()
+
+
+@dataclass
+class World:
+    splits: object
+    target: torch.nn.Module
+    evaluator: torch.nn.Module
+
+
+@pytest.fixture(scope="session")
+def digits_world() -> World:
+    """The digits dataset (disjoint_samples), an undefended MCNN target and a 10-class SCNN
+    evaluator, trained once per session (~20 s on one thread)."""
+    from mi_bench.data import DatasetConfig, load_splits
+    from mi_bench.models import build_model
+    from mi_bench.train import TrainConfig, train_classifier
+
+    splits = load_splits(DatasetConfig(), REPO)
+    target = train_classifier(
+        lambda: build_model("mcnn", num_classes=5, in_channels=1, width=1.0),
+        splits.private_train, splits.private_val, TrainConfig(epochs=15), seed=0,
+    ).model
+    evaluator = train_classifier(
+        lambda: build_model("scnn", num_classes=10, in_channels=1, width=1.0),
+        splits.eval_train, splits.eval_val, TrainConfig(model="scnn", epochs=10, seed_offset=1),
+        seed=0,
+    ).model
+    for p in [*target.parameters(), *evaluator.parameters()]:
+        p.requires_grad_(False)
+    return World(splits=splits, target=target.eval(), evaluator=evaluator.eval())
