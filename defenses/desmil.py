@@ -53,7 +53,8 @@ from mi_bench.registry import DEFENSES
 
 @dataclass
 class DESMILConfig(PluginConfig):
-    interests: int = param(4, ge=0, help="K chunks of the embedding (0 = every dimension, StableNet)")
+    interests: int = param(4, ge=0,
+                           help="K chunks of the embedding (0 = every dimension, StableNet)")
     layer: str = param("pool", help="module whose (flattened) output is the penultimate embedding")
     reweight: bool = param(True, help="learn decorrelating sample weights (StableNet loop)")
     lambda_p: float = param(70.0, gt=0.0, sweep=(7.0, 70.0, 700.0),
@@ -69,7 +70,7 @@ class DESMILConfig(PluginConfig):
     sigma: float = param(0.0, ge=0.0, help="Gaussian kernel sigma of the direct HSIC term "
                          "(bandwidth sigma^2 * dim); 0 = median heuristic per chunk and batch")
     measure: str = param("plain_hsic", choices=("plain_hsic", "hsic", "coco"),
-                         help="dependence of the direct term: plain HSIC (default), normalised, COCO")
+                         help="direct term's measure: plain HSIC (default), normalised, COCO")
 
 
 def rff(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -186,7 +187,7 @@ class DESMIL(Defense):
     def __init__(self, cfg, **kw) -> None:
         super().__init__(cfg, **kw)
         if cfg.beta_dec and cfg.interests < 2:
-            raise ValueError("desmil: beta_dec > 0 needs interests >= 2 (the chunks to decorrelate)")
+            raise ValueError("desmil: beta_dec > 0 needs interests >= 2 (chunks to decorrelate)")
         self.weighter = SampleWeighter(cfg)
 
     def tap_layers(self, model: nn.Module) -> list[str]:

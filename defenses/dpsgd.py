@@ -18,6 +18,8 @@
   (a noise-only step). With ``poisson=false`` the trainer's shuffled fixed-size batches are
   used, the update is normalised by the actual batch size, and the accountant's figure is only
   the usual approximation (``report()["sampling"]`` says so).
+* after the last epoch (``on_train_end``) Opacus' hooks are removed from the network, so the
+  exported target carries no forward/backward hooks.
 * ``report``: the (epsilon, delta) actually spent, from the accountant (unlike the MID paper's
   DP baseline, whose accountant was commented out), with steps, sample rate, noise multiplier
   and clip norm. No noise means no guarantee: epsilon is reported as ``inf``.
@@ -90,6 +92,8 @@ class DPSGD(Defense):
         self.steps_per_epoch = 0
         self.noise_multiplier = cfg.noise_multiplier
         self._batch_len = 0
+        self._gsm = None
+        self._epochs = 0
 
     def build_model(self, model: nn.Module) -> nn.Module:
         from opacus.validators import ModuleValidator
@@ -121,6 +125,7 @@ class DPSGD(Defense):
             self.noise_multiplier = cfg.noise_multiplier
         clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else NO_CLIP
         gsm = GradSampleModule(model, loss_reduction="mean")
+        self._gsm, self._epochs = gsm, epochs
         self.optimizer = DPOptimizer(
             optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=clip,
             expected_batch_size=max(1, round(self.sample_rate * n_train)), loss_reduction="mean",
@@ -157,6 +162,16 @@ class DPSGD(Defense):
 
     def export_model(self, model: nn.Module) -> nn.Module:
         return _unwrap(model)
+
+    def on_train_end(self, model) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Remove Opacus' per-sample-gradient hooks and attributes from the trained network
+        (after the last epoch), so the exported target is a plain module."""
+        if self._gsm is not None:
+            self._gsm.cleanup()
+            self._gsm = None
 
     def epsilon(self) -> float:
         if self.accountant is None or len(self.accountant) == 0:

@@ -95,6 +95,7 @@ class MID(Defense):
             "Information Regularization, AAAI 2021"
 
     ENCODER_TAP = "head.encoder"
+    k = 0
 
     def build_model(self, model: nn.Module) -> nn.Module:
         head = getattr(model, "head", None)
@@ -106,6 +107,7 @@ class MID(Defense):
         in_dim = head.in_features
         k = self.cfg.bottleneck or max(1, in_dim // 2)
         model.head = VIBHead(in_dim, k, head.out_features, self.cfg.inference)
+        self.k = k
         return model
 
     def tap_layers(self, model: nn.Module) -> list[str]:
@@ -118,3 +120,6 @@ class MID(Defense):
         total = ce + self.cfg.beta * kl if self.cfg.beta else ce
         return LossOutput(total, {"ce": float(ce.detach()), "kl": float(kl.detach()),
                                   "loss": float(total.detach())})
+
+    def report(self) -> dict:
+        return {"bottleneck": self.k, "inference": self.cfg.inference}

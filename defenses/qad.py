@@ -84,7 +84,7 @@ class QADConfig(PluginConfig):
     noise_std: float = param(0.03, ge=0.0, help="std of the additive noise")
     # adversarial weight perturbation
     awp_gamma: float = param(0.0, ge=0.0, sweep=(0.0, 0.002, 0.006),
-                             help="AWP perturbation size (relative to each weight's norm); 0 = off; "
+                             help="AWP size (relative to each weight's norm); 0 = off; "
                              "official 0.002-0.006")
     awp_warmup: int = param(3, ge=0, help="epochs without AWP at the start (official 3)")
     awp_proxy_lr: float = param(0.01, gt=0.0, help="lr of the proxy's loss-increasing SGD step")

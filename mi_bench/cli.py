@@ -149,8 +149,11 @@ def show_config(overrides: tuple[str, ...]) -> None:
 @cli.command("list")
 def list_cmd() -> None:
     """List registered attacks, defenses, datasets and models."""
+    from rich.console import Console
+
     from mi_bench.config import group_options
 
+    out = Console()  # stdout: the listing is the command's output
     for kind, reg in REGISTRIES.items():
         t = Table(title=f"{kind}s", title_justify="left")
         t.add_column("name", style="bold")
@@ -159,13 +162,11 @@ def list_cmd() -> None:
         for name, obj in reg.items():
             t.add_row(name, getattr(obj, "summary", "") or (obj.__doc__ or "").strip().split("\n")[0],
                       getattr(obj, "paper", ""))
-        click.echo()
-        console.print(t)
-        if reg.broken:
-            for n, why in reg.broken.items():
-                console.print(f"[yellow]broken {kind} plugin '{n}': {why}[/]")
-    console.print(f"presets: {', '.join(group_options('preset'))}")
-    console.print(f"defense options (with aliases): {', '.join(group_options('defense'))}")
+        out.print(t)
+        for n, why in reg.broken.items():
+            out.print(f"[yellow]broken {kind} plugin '{n}' (skipped): {why}[/]")
+    out.print(f"presets: {', '.join(group_options('preset'))}")
+    out.print(f"defense options (with aliases): {', '.join(group_options('defense'))}")
 
 
 @cli.command()

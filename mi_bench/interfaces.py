@@ -13,7 +13,8 @@ undefended baseline ``none`` is a defense that overrides nothing:
 * ``compute_loss(batch)``       the training objective from logits, taps, inputs and labels;
                                 per-sample weighting (DESMIL) happens here.
 * ``optimizer_step(model, opt, closure)``  act around the step (AWP: perturb, step, restore).
-* ``on_epoch_end(epoch)`` / ``report()``   bookkeeping and numbers stored with the result
+* ``on_epoch_end(epoch)`` / ``on_train_end(model)`` / ``report()``  bookkeeping, clean-up
+                                (DP-SGD removes Opacus' hooks) and numbers stored with the result
                                 (e.g. DP-SGD's spent epsilon).
 * ``export_model(model)``       the plain ``nn.Module`` to checkpoint/attack (unwrap wrappers).
 
@@ -109,6 +110,9 @@ class Defense:
 
     def on_epoch_end(self, epoch: int) -> None:
         pass
+
+    def on_train_end(self, model: nn.Module) -> None:
+        """Called once after the last epoch (e.g. to remove wrappers' hooks)."""
 
     def report(self) -> dict[str, Any]:
         return {}

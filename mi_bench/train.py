@@ -189,6 +189,7 @@ def train_classifier(
                     result.best_epoch = epoch + 1
                     best_state = copy.deepcopy(defense.export_model(model).state_dict())
                 bar.advance(1, loss=row.get("loss", row.get("ce", 0.0)), val_acc=val_acc)
+        defense.on_train_end(model)
     finally:
         taps.remove()
     final = defense.export_model(model)

@@ -92,11 +92,11 @@ def test_bad_parameters_named():
 
 def test_prior_fields_exclude_inversion_settings():
     pf = prior_fields(KEDMIConfig())
-    assert {"gan_epochs", "disc_width", "mbd_kernels", "entropy_weight"} <= set(pf)
+    assert {"gan_steps", "disc_width", "mbd_kernels", "entropy_weight"} <= set(pf)
     assert not {"inv_iters", "inv_lr", "lambda_ce", "samples_per_class", "latent_clamp"} & set(pf)
 
 
-SMOKE = dict(gen_width=4, disc_width=4, mbd_kernels=4, mbd_dim=3, gan_epochs=1, batch_size=16,
+SMOKE = dict(gen_width=4, disc_width=4, mbd_kernels=4, mbd_dim=3, gan_steps=2, n_critic=2, batch_size=16,
              inv_iters=3, samples_per_class=2)
 
 
