@@ -46,11 +46,15 @@ EVALUATOR_VERSION = "1"
 
 
 def defense_label(defense_cfg: Any) -> str:
-    """``bido[measure=hsic,lambda_x=0.05,lambda_y=0.5]``: the name plus its strength/choice fields."""
+    """``bido[lambda_x=0.05,lambda_y=0.5]``: the name, its strength fields (those with a sweep
+    range) and any choice field that differs from its default (``measure=coco``)."""
     parts = []
     for f in dataclasses.fields(defense_cfg):
-        if f.name != "name" and (f.metadata.get("sweep") or f.metadata.get("choices")):
-            parts.append(f"{f.name}={getattr(defense_cfg, f.name)}")
+        value = getattr(defense_cfg, f.name)
+        if f.name == "name":
+            continue
+        if f.metadata.get("sweep") or (f.metadata.get("choices") and value != f.default):
+            parts.append(f"{f.name}={value}")
     return f"{defense_cfg.name}[{','.join(parts)}]" if parts else defense_cfg.name
 
 

@@ -63,6 +63,10 @@ def test_run_smoke_end_to_end_json_then_cached(env):
     assert len(js) == 4  # r1 and r2 share a config; r3, r4, r5 differ
     csv_out = invoke("leaderboard", "--format", "csv").output
     assert csv_out.splitlines()[0].startswith("dataset,protocol,defense")
+    r = invoke("leaderboard", "--format", "latex", "-o", "lb/board.tex", "--plot", "lb/tradeoff.png")
+    assert r.exit_code == 0 and (env / "lb" / "tradeoff.png").stat().st_size > 1000
+    assert r"\begin{tabular}" in (env / "lb" / "board.tex").read_text()
+    assert "<table>" in invoke("leaderboard", "--format", "html").output
 
 
 def test_sweep_expands_and_skips_existing(env):

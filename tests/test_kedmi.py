@@ -121,8 +121,7 @@ def test_registered_and_requirements():
 
 def test_smoke_seeded_and_shapes():
     torch.manual_seed(0)
-    target = _Linear(3).eval()
-    target.train()  # train_prior must not depend on (nor leave changed) the target's mode
+    target = _Linear(3)  # left in train mode on purpose: train_prior must not change its mode
     public = torch.rand(40, 1, 32, 32)
     a = _tiny_attack()
     p1 = a.train_prior(public, target, seed=3, progress=NULL_BARS)
@@ -136,6 +135,22 @@ def test_smoke_seeded_and_shapes():
     assert 0 <= inv1.images.min() and inv1.images.max() <= 1
     assert inv1.protocol["samples_per_class"] == 2 and "each scored" in inv1.protocol["selection"]
     assert all(p.grad is None for p in target.parameters())  # the target stays frozen
+
+
+def test_soft_labels_use_eval_mode_without_grad():
+    from mi_bench.attacks.kedmi import target_probs
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8),
+                              torch.nn.Dropout(0.9), torch.nn.Linear(8, 3))
+    net.train()
+    x = torch.rand(10, 1, 4, 4)
+    probs = target_probs(net, x, torch.device("cpu"), batch_size=3)
+    assert net.training and not probs.requires_grad
+    assert torch.equal(net.state_dict()["2.running_mean"], torch.zeros(8))  # no BN update
+    net.eval()
+    with torch.no_grad():
+        assert torch.allclose(probs, torch.softmax(net(x), 1), atol=1e-6)
 
 
 def test_latent_clamp_is_applied():
