@@ -184,7 +184,7 @@ class KEDMIConfig(PluginConfig):
     gan_steps: int = param(12850, ge=1, prior=True,
                            help="generator steps (each after n_critic D steps); published: 120 "
                            "epochs, ~12,850 G steps on the 34,265 public MNIST images at batch 64")
-    batch_size: int = param(64, ge=2, prior=True, help="GAN batch size")
+    gan_batch_size: int = param(64, ge=2, prior=True, help="GAN batch size")
     gan_lr: float = param(2e-4, gt=0.0, prior=True, help="Adam lr of G and D")
     beta1: float = param(0.5, ge=0.0, lt=1.0, prior=True, help="Adam beta1 (GAN)")
     beta2: float = param(0.999, ge=0.0, lt=1.0, prior=True, help="Adam beta2 (GAN)")
@@ -192,8 +192,8 @@ class KEDMIConfig(PluginConfig):
     entropy_weight: float = param(1e-4, ge=0.0, prior=True,
                                   help="weight of the entropy of D(G(z)) in the G loss")
     # inversion -------------------------------------------------------------------------------
-    inv_iters: int = param(2400, ge=1, help="Adam steps of the distributional recovery")
-    inv_lr: float = param(0.02, gt=0.0, help="Adam lr on (mu, log sigma^2)")
+    iterations: int = param(2400, ge=1, help="Adam steps of the distributional recovery")
+    lr: float = param(0.02, gt=0.0, help="Adam lr on (mu, log sigma^2)")
     lambda_ce: float = param(100.0, ge=0.0, help="weight of CE(T(G(z)), y)")
     init_log_var: float = param(1.0, help="initial log sigma^2 (published: 1)")
     latent_clamp: str = param("z", choices=("z", "mu", "none"),
@@ -234,7 +234,7 @@ class KEDMI(Attack):
         opt_g = torch.optim.Adam(g.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
         opt_d = torch.optim.Adam(d.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
         n = len(public)
-        bs = min(c.batch_size, n)
+        bs = min(c.gan_batch_size, n)
         gen = torch.Generator().manual_seed(seed + 1)
         lab_batches = sample_batches(n, bs, gen)
         unl_batches = sample_batches(n, bs, gen)
@@ -305,9 +305,9 @@ class KEDMI(Attack):
         mu = torch.zeros(k, c.latent_dim, device=self.device, requires_grad=True)
         log_var = torch.full((k, c.latent_dim), float(c.init_log_var), device=self.device,
                              requires_grad=True)
-        opt = torch.optim.Adam([mu, log_var], lr=c.inv_lr)
-        with frozen(g, d, target), progress.task("kedmi inversion", total=c.inv_iters) as bar:
-            for it in range(c.inv_iters):
+        opt = torch.optim.Adam([mu, log_var], lr=c.lr)
+        with frozen(g, d, target), progress.task("kedmi inversion", total=c.iterations) as bar:
+            for it in range(c.iterations):
                 z = self._sample_z(mu, log_var)
                 x = g(z)
                 _, logits_d = d(x)
@@ -323,7 +323,7 @@ class KEDMI(Attack):
                         mu.clamp_(-c.clip, c.clip)
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(f"kedmi inversion: loss became {float(loss.detach())} at step {it}; "
-                                             "lower inv_lr")
+                                             "lower lr")
                 bar.advance(1, prior=float(prior_loss.detach()), ce=float(ce.detach()),
                             acc=float((out.argmax(1) == y).float().mean()))
             with torch.no_grad():
@@ -335,8 +335,8 @@ class KEDMI(Attack):
                 "attack": "kedmi",
                 "samples_per_class": c.samples_per_class,
                 "selection": "all N samples drawn from the learned distribution, each scored",
-                "iterations": c.inv_iters,
-                "optimizer": f"Adam lr={c.inv_lr} on (mu, log sigma^2), one draw per class per step",
+                "iterations": c.iterations,
+                "optimizer": f"Adam lr={c.lr} on (mu, log sigma^2), one draw per class per step",
                 "loss": f"-log sigmoid(lse(D(G(z)))) + {c.lambda_ce} * CE(T(G(z)), y)",
                 "latent_clamp": c.latent_clamp, "clip": c.clip,
             },

@@ -20,7 +20,7 @@ Prior (trained per target, methods.md section 3):
   contrast 0.2, p 0.5), RandomHorizontalFlip (p 0.5), RandomRotation(5 degrees, p 0.5). Each
   augmentation is a switch (``aug_*``); for 1-channel digits a horizontal flip changes the digit,
   but it is kept on by default (faithful) - the presets say what they use.
-* Adam 2e-4, betas (0.0, 0.9), batch 64, ``n_dis`` D steps per G step; ``gan_iters`` G steps.
+* Adam 2e-4, betas (0.0, 0.9), batch 64, ``n_critic`` D steps per G step; ``gan_steps`` G steps.
 
 Inversion: for each attacked class ``samples_per_class`` latents (independent seeds), Adam (lr
 0.1) on z, loss = max-margin summed over two independently augmented views (ColorJitter with p
@@ -212,9 +212,9 @@ class PLGMIConfig(PluginConfig):
     latent_dim: int = param(128, ge=1, prior=True, help="latent size (published 128)")
     gen_width: int = param(64, ge=1, prior=True, help="G base width (64 = published)")
     disc_width: int = param(64, ge=1, prior=True, help="D base width (64 = published)")
-    gan_iters: int = param(30000, ge=1, prior=True, help="GAN iterations (G steps)")
-    n_dis: int = param(5, ge=1, prior=True, help="D steps per G step")
-    batch_size: int = param(64, ge=2, prior=True, help="GAN batch size")
+    gan_steps: int = param(30000, ge=1, prior=True, help="GAN iterations (G steps)")
+    n_critic: int = param(5, ge=1, prior=True, help="D steps per G step")
+    gan_batch_size: int = param(64, ge=2, prior=True, help="GAN batch size")
     gan_lr: float = param(2e-4, gt=0.0, prior=True, help="Adam lr of G and D")
     beta1: float = param(0.0, ge=0.0, lt=1.0, prior=True, help="Adam beta1 (GAN)")
     beta2: float = param(0.9, ge=0.0, lt=1.0, prior=True, help="Adam beta2 (GAN)")
@@ -224,8 +224,8 @@ class PLGMIConfig(PluginConfig):
     aug_flip: bool = param(True, prior=True, help="RandomHorizontalFlip (changes digits' meaning)")
     aug_rotate: bool = param(True, prior=True, help="RandomRotation(5 degrees)")
     # inversion -------------------------------------------------------------------------------
-    inv_iters: int = param(600, ge=1, help="Adam steps on z")
-    inv_lr: float = param(0.1, gt=0.0, help="Adam lr on z")
+    iterations: int = param(600, ge=1, help="Adam steps on z")
+    lr: float = param(0.1, gt=0.0, help="Adam lr on z")
     samples_per_class: int = param(5, ge=1, help="latents (seeds) per class; all returned and scored")
 
 
@@ -270,7 +270,7 @@ class PLGMI(Attack):
         opt_g = torch.optim.Adam(g.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
         opt_d = torch.optim.Adam(d.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
         aug = self._augment(jitter_p=0.5)
-        bs = min(c.batch_size, len(real))
+        bs = min(c.gan_batch_size, len(real))
         batches = sample_batches(len(real), bs, torch.Generator().manual_seed(seed + 1))
         g.train()
         d.train()
@@ -280,10 +280,10 @@ class PLGMI(Attack):
             y = torch.randint(0, self.num_classes, (bs,), device=self.device)
             return g(torch.randn(bs, c.latent_dim, device=self.device), y), y
 
-        with frozen(target), progress.task("plgmi cGAN", total=c.gan_iters) as bar:
-            for it in range(c.gan_iters):
-                for i in range(c.n_dis):
-                    if i == 0:  # G step (official order: G first, then n_dis D steps)
+        with frozen(target), progress.task("plgmi cGAN", total=c.gan_steps) as bar:
+            for it in range(c.gan_steps):
+                for i in range(c.n_critic):
+                    if i == 0:  # G step (official order: G first, then n_critic D steps)
                         for p in d.parameters():
                             p.requires_grad_(False)
                         fake, y = fakes()
@@ -308,7 +308,7 @@ class PLGMI(Attack):
                     raise FloatingPointError(f"plgmi cGAN: loss became non-finite at iteration {it}; "
                                              "lower gan_lr")
                 bar.advance(1, **stats)
-        log.info("plgmi cGAN trained: %d iterations; last %s", c.gan_iters,
+        log.info("plgmi cGAN trained: %d iterations; last %s", c.gan_steps,
                  ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
         return {**prefixed("G", g), **prefixed("D", d),
                 "selection.index": sel_idx.clone(), "selection.label": sel_lab.clone(),
@@ -325,10 +325,10 @@ class PLGMI(Attack):
         s, k = c.samples_per_class, len(classes)
         y = torch.tensor(classes, dtype=torch.long, device=self.device).repeat_interleave(s)
         z = torch.randn(k * s, c.latent_dim, device=self.device, requires_grad=True)
-        opt = torch.optim.Adam([z], lr=c.inv_lr)
+        opt = torch.optim.Adam([z], lr=c.lr)
         aug = self._augment(jitter_p=1.0)
-        with frozen(g, target), progress.task("plgmi inversion", total=c.inv_iters) as bar:
-            for it in range(c.inv_iters):
+        with frozen(g, target), progress.task("plgmi inversion", total=c.iterations) as bar:
+            for it in range(c.iterations):
                 x = (g(z, y) + 1) / 2
                 out1, out2 = target(aug(x)), target(aug(x))
                 loss = max_margin_loss(out1, y) + max_margin_loss(out2, y)
@@ -348,8 +348,8 @@ class PLGMI(Attack):
                 "attack": "plgmi",
                 "samples_per_class": s,
                 "selection": "all samples_per_class latents (independent seeds) returned, each scored",
-                "iterations": c.inv_iters,
-                "optimizer": f"Adam lr={c.inv_lr} on z, no clamp, no prior term",
+                "iterations": c.iterations,
+                "optimizer": f"Adam lr={c.lr} on z, no clamp, no prior term",
                 "loss": "max-margin(T(A1(G(z,y))), y) + max-margin(T(A2(G(z,y))), y)",
                 "augmentations": {"crop": c.aug_crop, "jitter(p=1.0)": c.aug_jitter,
                                   "flip": c.aug_flip, "rotate": c.aug_rotate},

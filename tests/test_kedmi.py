@@ -84,8 +84,8 @@ def test_published_discriminator_is_4096_wide():
 
 
 def test_bad_parameters_named():
-    errs = validate_dataclass(KEDMIConfig(name="kedmi", inv_lr=-0.1))
-    assert len(errs) == 1 and "inv_lr" in errs[0]
+    errs = validate_dataclass(KEDMIConfig(name="kedmi", lr=-0.1))
+    assert len(errs) == 1 and "lr" in errs[0]
     errs = validate_dataclass(KEDMIConfig(name="kedmi", latent_clamp="sometimes"))
     assert len(errs) == 1 and "latent_clamp" in errs[0]
 
@@ -93,11 +93,11 @@ def test_bad_parameters_named():
 def test_prior_fields_exclude_inversion_settings():
     pf = prior_fields(KEDMIConfig())
     assert {"gan_steps", "disc_width", "mbd_kernels", "entropy_weight"} <= set(pf)
-    assert not {"inv_iters", "inv_lr", "lambda_ce", "samples_per_class", "latent_clamp"} & set(pf)
+    assert not {"iterations", "lr", "lambda_ce", "samples_per_class", "latent_clamp"} & set(pf)
 
 
-SMOKE = dict(gen_width=4, disc_width=4, mbd_kernels=4, mbd_dim=3, gan_steps=2, n_critic=2, batch_size=16,
-             inv_iters=3, samples_per_class=2)
+SMOKE = dict(gen_width=4, disc_width=4, mbd_kernels=4, mbd_dim=3, gan_steps=2, n_critic=2, gan_batch_size=16,
+             iterations=3, samples_per_class=2)
 
 
 class _Linear(torch.nn.Module):
@@ -155,7 +155,7 @@ def test_soft_labels_use_eval_mode_without_grad():
 
 def test_latent_clamp_is_applied():
     target = _Linear(3).eval()
-    a = _tiny_attack(latent_clamp="mu", inv_lr=5.0, inv_iters=5)
+    a = _tiny_attack(latent_clamp="mu", lr=5.0, iterations=5)
     prior = a.train_prior(torch.rand(20, 1, 32, 32), target, seed=0, progress=NULL_BARS)
     inv = a.invert(target, prior, [1], seed=0, progress=NULL_BARS)
     assert inv.extra["mu"].abs().max() <= 1.0 + 1e-6

@@ -108,16 +108,16 @@ def test_augmentation_switches():
 
 
 def test_bad_parameters_named():
-    errs = validate_dataclass(PLGMIConfig(name="plgmi", inv_lr=-1.0))
-    assert len(errs) == 1 and "inv_lr" in errs[0]
+    errs = validate_dataclass(PLGMIConfig(name="plgmi", lr=-1.0))
+    assert len(errs) == 1 and "lr" in errs[0]
     errs = validate_dataclass(PLGMIConfig(name="plgmi", top_n=-3))
     assert len(errs) == 1 and "top_n" in errs[0]
 
 
 def test_prior_fields_exclude_inversion_settings():
     pf = prior_fields(PLGMIConfig())
-    assert {"top_n", "gan_iters", "alpha", "aug_flip"} <= set(pf)
-    assert not {"inv_iters", "inv_lr", "samples_per_class"} & set(pf)
+    assert {"top_n", "gan_steps", "alpha", "aug_flip"} <= set(pf)
+    assert not {"iterations", "lr", "samples_per_class"} & set(pf)
 
 
 class _Linear(torch.nn.Module):
@@ -129,8 +129,8 @@ class _Linear(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
-SMOKE = dict(gen_width=2, disc_width=2, gan_iters=2, n_dis=2, batch_size=8, top_n=5,
-             inv_iters=3, samples_per_class=2)
+SMOKE = dict(gen_width=2, disc_width=2, gan_steps=2, n_critic=2, gan_batch_size=8, top_n=5,
+             iterations=3, samples_per_class=2)
 
 
 def _tiny_attack(**kw):
