@@ -22,7 +22,7 @@ import click
 from rich.table import Table
 
 from mi_bench.artifacts import ArtifactError
-from mi_bench.config import ConfigError, RunConfig, compose, stable_hash, to_dict, to_yaml
+from mi_bench.config import ConfigError, RunConfig, compose, config_hash, to_dict, to_yaml
 from mi_bench.data import DataUnavailable
 from mi_bench.registry import REGISTRIES, RegistryError
 from mi_bench.runtime import Bars, console, setup_logging
@@ -127,10 +127,7 @@ def sweep(overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
     combos = [list(c) for c in itertools.product(*[_expand(t) for t in overrides])]
     cfgs = [_compose(tuple(c)) for c in combos]  # validate everything before any work
     for i, (tokens, cfg) in enumerate(zip(combos, cfgs), 1):
-        d = to_dict(cfg)
-        h = stable_hash({k: v for k, v in d.items() if k not in (
-            "threads", "device", "data_root", "cache_dir", "results_db", "results_dir")})
-        if not force and ResultStore(cfg.results_db).has_config(h):
+        if not force and ResultStore(cfg.results_db).has_config(config_hash(to_dict(cfg))):
             log.info("[%d/%d] %s: record exists, skipped", i, len(cfgs), " ".join(tokens))
             continue
         log.info("[%d/%d] %s", i, len(cfgs), " ".join(tokens))

@@ -271,6 +271,15 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+# Fields that do not change what a run computes (where or how fast it runs, where it writes).
+NON_SEMANTIC = ("threads", "device", "data_root", "cache_dir", "results_db", "results_dir")
+
+
+def config_hash(config: dict[str, Any], drop: tuple[str, ...] = ()) -> str:
+    """Hash of a resolved config (as a dict) without its non-semantic fields and ``drop``."""
+    return stable_hash({k: v for k, v in config.items() if k not in NON_SEMANTIC + drop})
+
+
 def stable_hash(obj: Any, n: int = 16) -> str:
     """Hash of a JSON-able object, independent of key order."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))

@@ -26,15 +26,17 @@ import numpy as np
 import torch
 
 import mi_bench
-from mi_bench.artifacts import ArtifactStore, load_checkpoint, resolve_cache_dir
-from mi_bench.config import RunConfig, stable_hash, to_dict
+from mi_bench.artifacts import (
+    ArtifactError, ArtifactStore, load_checkpoint, resolve_cache_dir, sha256_file,
+)
+from mi_bench.config import RunConfig, config_hash, stable_hash, to_dict
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
 from mi_bench.interfaces import Attack, Defense
 from mi_bench.metrics import METRICS_PROTOCOL, score_inversion
 from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
-from mi_bench.results import ResultStore
+from mi_bench.results import ResultStore, json_safe
 from mi_bench.runtime import NULL_BARS, Bars, resolve_device, set_threads
 from mi_bench.train import accuracy, train_classifier
 from mi_bench.viz import save_grid
@@ -122,13 +124,11 @@ class Runner:
             try:
                 model.load_state_dict(state)
             except RuntimeError as exc:
-                from mi_bench.artifacts import ArtifactError
                 raise ArtifactError(
                     f"target_checkpoint {cfg.target_checkpoint} does not fit target.model="
                     f"{cfg.target.model} width={cfg.target.width} with defense={cfg.defense.name}: "
                     f"{str(exc).splitlines()[0]}"
                 ) from None
-            from mi_bench.artifacts import sha256_file
             digest = sha256_file(Path(cfg.target_checkpoint))
             self.artifacts["target"] = {"key": "file:" + digest[:16], "sha256": digest,
                                         "cached": True, "path": str(cfg.target_checkpoint)}
@@ -228,15 +228,12 @@ class Runner:
 
         grid = self._grid(run_id, splits, inversion, metrics)
         config = to_dict(cfg)
-        no_seed = {k: v for k, v in config.items()
-                   if k not in ("seed", "threads", "device", "data_root", "cache_dir", "results_db", "results_dir")}
         record = {
             "run_id": run_id,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "config": config,
-            "config_hash": stable_hash({k: v for k, v in config.items() if k not in (
-                "threads", "device", "data_root", "cache_dir", "results_db", "results_dir")}),
-            "group_hash": stable_hash(no_seed),
+            "config_hash": config_hash(config),
+            "group_hash": config_hash(config, drop=("seed",)),
             "defense_label": defense_label(cfg.defense),
             "seed": cfg.seed,
             "protocol": {
@@ -261,6 +258,7 @@ class Runner:
             "versions": versions(),
             "machine": machine(cfg, self.device),
         }
+        record = json_safe(record)
         ResultStore(cfg.results_db).append(record)
         return record
 

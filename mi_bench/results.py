@@ -33,6 +33,18 @@ METRIC_COLUMNS = ("target_acc", "eval_acc", "attack_acc", "attack_acc_top5", "kn
                   "fid_eval", "fid_inception")
 
 
+def json_safe(obj: Any) -> Any:
+    """Records are strict JSON: non-finite floats (e.g. DP-SGD's epsilon = inf without noise)
+    become the strings "inf", "-inf", "nan"."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 class ResultStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

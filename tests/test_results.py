@@ -1,0 +1,43 @@
+"""Result records and the leaderboard: grouping over seeds, mean +- standard error, formats."""
+
+import json
+import math
+
+import pytest
+
+from mi_bench.results import ResultStore, json_safe, leaderboard, render
+
+
+def _rec(run_id, seed, attack_acc, target_acc=0.99, fid=None, group="g1", defense="none"):
+    return {
+        "run_id": run_id, "created_at": f"2026-01-01T00:00:0{seed}", "config_hash": f"{group}-{seed}",
+        "group_hash": group, "defense_label": defense,
+        "config": {"dataset": {"name": "digits", "protocol": "disjoint_samples"},
+                   "attack": {"name": "gmi"}, "preset": "quick", "seed": seed},
+        "metrics": {"target_acc": target_acc, "attack_acc": attack_acc, "attack_acc_top5": 1.0,
+                    "knn_dist": 50.0, "fid_eval": fid, "fid_inception": None, "eval_acc": 0.98,
+                    "metric_errors": {"fid_inception": "weights not on disk"}},
+    }
+
+
+def test_leaderboard_groups_seeds_with_mean_and_standard_error(tmp_path):
+    store = ResultStore(tmp_path / "r.sqlite")
+    for i, a in enumerate([0.6, 0.8, 1.0]):
+        store.append(_rec(f"r{i}", i, a, fid=10.0 + i))
+    store.append(_rec("other", 0, 0.2, group="g2", defense="bido[lambda_x=0.1]"))
+    rows = leaderboard(store.records())
+    assert len(rows) == 2
+    row = next(r for r in rows if r["defense"] == "none")
+    assert row["seeds"] == [0, 1, 2] and row["runs"] == 3
+    assert row["attack_acc"] == pytest.approx(0.8)
+    assert row["attack_acc_se"] == pytest.approx(math.sqrt(0.04 / 3))
+    assert row["fid_inception"] is None and "fid_inception" in row["failed_metrics"]
+    md = render(rows, "markdown")
+    assert "80.0 ± 11.5" in md and "failed" in md and "evaluation model" in md
+    assert json.loads(render(rows, "json"))[0]["dataset"] == "digits"
+
+
+def test_json_safe_makes_records_strict_json():
+    rec = json_safe({"eps": float("inf"), "x": [float("nan"), 1.0], "n": {"m": -float("inf")}})
+    assert rec == {"eps": "inf", "x": ["nan", 1.0], "n": {"m": "-inf"}}
+    json.loads(json.dumps(rec, allow_nan=False))
