@@ -9,6 +9,11 @@ Protocol (stored with every result as ``metrics_protocol``):
   same class of the squared L2 distance between E's penultimate features; averaged.
 * ``fid_eval``: Frechet distance (pytorch-fid's ``calculate_frechet_distance``) between E's
   penultimate features of all reconstructions and of all private training images.
+* ``attack_acc_pixel_nn`` (mi-bench diagnostic, not from the literature): the class of each
+  reconstruction's nearest neighbour *in pixel space* among the evaluator's training images
+  (all classes), compared with the attacked class. It does not share the classifiers' features,
+  so reconstructions that fool both CNNs without looking like the class (blobs, textures)
+  score high on ``attack_acc`` and low here. Look at the grids when the two disagree.
 * ``fid_inception``: pytorch-fid's Inception-v3 pool features, same two sets, computed only when
   the Inception weights are already on disk; otherwise ``None`` with the reason in
   ``metric_errors``. A metric that fails is ``None`` plus its reason - never 0.
@@ -38,6 +43,8 @@ METRICS_PROTOCOL = {
     "to private training images of the same class",
     "fid_eval": "Frechet distance on evaluator penultimate features: all reconstructions vs all "
     "private training images",
+    "attack_acc_pixel_nn": "diagnostic: class of the nearest evaluator-training image in pixel "
+    "space (all classes) == attacked class",
     "fid_inception": "pytorch-fid Inception-v3 (2048-d pool): all reconstructions vs all private "
     "training images; null unless the weights are on disk",
 }
@@ -97,6 +104,17 @@ def fid_inception(recon: torch.Tensor, real: torch.Tensor, device: torch.device)
     return frechet(feats(recon), feats(real))
 
 
+def pixel_nn_accuracy(images: torch.Tensor, labels: torch.Tensor,
+                      reference: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Share of ``images`` whose nearest reference image (L2 in pixel space) has ``labels``' class."""
+    xr, yr = reference
+    if images.shape[-1] != xr.shape[-1]:
+        images = F.interpolate(images, size=xr.shape[-2:], mode="bilinear", align_corners=False)
+    ref = xr.flatten(1)
+    nearest = torch.cat([torch.cdist(chunk.flatten(1), ref).argmin(1) for chunk in images.split(256)])
+    return float((yr[nearest] == labels).float().mean())
+
+
 def score_inversion(
     inversion: Inversion, evaluator: torch.nn.Module, splits: DataSplits, *,
     inception: bool = True, device: torch.device | str = "cpu",
@@ -124,6 +142,11 @@ def score_inversion(
         "n_reconstructions": int(n_cls * n_s),
     }
     errors: dict[str, str] = {}
+    try:
+        out["attack_acc_pixel_nn"] = pixel_nn_accuracy(flat, true_domain, splits.eval_train)
+    except Exception as exc:  # noqa: BLE001 - reported, never silently 0
+        out["attack_acc_pixel_nn"] = None
+        errors["attack_acc_pixel_nn"] = f"{type(exc).__name__}: {exc}"
     x_tr, y_tr = splits.private_train
     real_feats = _embed(evaluator, x_tr, size)
     try:

@@ -29,8 +29,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_config ON runs(config_hash);
 """
 
-METRIC_COLUMNS = ("target_acc", "eval_acc", "attack_acc", "attack_acc_top5", "knn_dist",
-                  "fid_eval", "fid_inception")
+METRIC_COLUMNS = ("target_acc", "eval_acc", "attack_acc", "attack_acc_top5",
+                  "attack_acc_pixel_nn", "knn_dist", "fid_eval", "fid_inception")
 
 
 def json_safe(obj: Any) -> Any:
@@ -135,15 +135,18 @@ def _cell(row: dict[str, Any], m: str, pct: bool) -> str:
 
 COLUMNS = [("dataset", None), ("protocol", None), ("defense", None), ("attack", None),
            ("preset", None), ("seeds", None), ("target_acc", True), ("attack_acc", True),
-           ("attack_acc_top5", True), ("knn_dist", False), ("fid_eval", False),
+           ("attack_acc_top5", True), ("attack_acc_pixel_nn", True), ("knn_dist", False), ("fid_eval", False),
            ("fid_inception", False)]
 HEADERS = ["dataset", "protocol", "defense", "attack", "preset", "seeds", "target acc %",
-           "attack acc %", "top-5 %", "KNN dist", "FID (E feats)", "FID (Inception)"]
+           "attack acc %", "top-5 %", "pixel-NN acc %", "KNN dist", "FID (E feats)", "FID (Inception)"]
 
 PROTOCOL_NOTE = (
     "Accuracies in %, mean ± standard error over seeds. Attack acc: top-1 of a 10-class "
     "evaluation model (different architecture and seed from the target) on every kept "
-    "reconstruction. KNN dist: squared L2 in evaluator features to the nearest private training "
+    "reconstruction. Pixel-NN acc (diagnostic): the nearest evaluator-training image in pixel "
+    "space has the attacked class; far below attack acc means reconstructions fool the "
+    "classifiers without looking like the class. KNN dist: squared L2 in evaluator features to "
+    "the nearest private training "
     "image of the same class. FID (E feats): Frechet distance on evaluator features vs private "
     "training images (not comparable with Inception FID). Full protocol and configs in each record."
 )

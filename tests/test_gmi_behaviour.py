@@ -39,6 +39,7 @@ def test_evaluator_says_no_to_images_of_public_classes(digits_world):
     right = score_inversion(_fake_inversion(w.splits, [0, 1, 2, 3, 4]), w.evaluator, w.splits, inception=False)
     assert wrong["attack_acc"] <= 0.1
     assert right["attack_acc"] >= 0.9
+    assert wrong["attack_acc_pixel_nn"] <= 0.1 and right["attack_acc_pixel_nn"] >= 0.9
     assert right["knn_dist"] < wrong["knn_dist"]
     assert right["fid_eval"] < wrong["fid_eval"]
 
@@ -50,3 +51,16 @@ def test_failed_metric_is_none_with_reason_never_zero(digits_world):
     assert m["fid_eval"] is None and "at least 2" in m["metric_errors"]["fid_eval"]
     if m["fid_inception"] is None:
         assert m["metric_errors"]["fid_inception"]
+
+
+def test_pixel_nn_diagnostic_sees_through_images_that_only_fool_classifiers(digits_world):
+    """Flat grey squares are no digit: whatever a classifier says, pixel-NN rarely agrees."""
+    from mi_bench.metrics import pixel_nn_accuracy
+
+    w = digits_world
+    x, y = w.splits.eval_test
+    labels = torch.arange(5).repeat_interleave(4)
+    real = torch.cat([x[y == c][:4] for c in range(5)])
+    assert pixel_nn_accuracy(real, labels, w.splits.eval_train) >= 0.9
+    blobs = torch.full((20, 1, 32, 32), 0.5)
+    assert pixel_nn_accuracy(blobs, labels, w.splits.eval_train) <= 0.4
