@@ -67,6 +67,7 @@ class GMI(Attack):
 
     def train_prior(self, public, target, *, seed, progress):
         c = self.cfg
+        self.check_public(public, target)
         torch.manual_seed(seed)
         gen, critic = self._nets()
         gen, critic = gen.to(self.device), critic.to(self.device)
@@ -96,11 +97,8 @@ class GMI(Attack):
 
     def invert(self, target, prior, classes, *, seed, progress):
         c = self.cfg
-        for y in classes:
-            if not 0 <= y < self.num_classes:
-                raise ValueError(
-                    f"cannot attack class {y}: the target has classes 0..{self.num_classes - 1}"
-                )
+        self.check_classes(classes)
+        self.check_prior(prior, ("G", "D"))
         gen, critic = self._nets()
         gen = load_prefixed("G", gen, prior).to(self.device).eval()
         critic = load_prefixed("D", critic, prior).to(self.device).eval()

@@ -155,21 +155,6 @@ def target_probs(target: nn.Module, x: torch.Tensor, device: torch.device,
                           for xb in x.split(batch_size)])
 
 
-def check_classes(classes: list[int], num_classes: int, who: str) -> None:
-    bad = [c for c in classes if not (0 <= int(c) < num_classes)]
-    if not classes or bad:
-        raise ValueError(
-            f"{who}: classes must be a non-empty list of private class indices in "
-            f"0..{num_classes - 1}; got invalid {bad if bad else classes}"
-        )
-
-
-def check_prior(prior: dict[str, torch.Tensor], required: tuple[str, ...], who: str) -> None:
-    missing = [p for p in required if not any(k.startswith(p + ".") or k == p for k in prior)]
-    if missing:
-        raise ValueError(f"{who}: the prior lacks {', '.join(missing)}; was it trained by {who}?")
-
-
 # -- plugin ------------------------------------------------------------------------------------
 
 @dataclass
@@ -221,11 +206,7 @@ class KEDMI(Attack):
     def train_prior(self, public: torch.Tensor, target: nn.Module | None, *, seed: int,
                     progress: Any) -> dict[str, torch.Tensor]:
         c = self.cfg
-        if target is None:
-            raise ValueError("kedmi trains its GAN per target: train_prior needs the target model")
-        if public.ndim != 4 or tuple(public.shape[1:]) != tuple(self.image_shape):
-            raise ValueError(f"kedmi: public images must be (N, {', '.join(map(str, self.image_shape))}); "
-                             f"got {tuple(public.shape)}")
+        self.check_public(public, target)
         torch.manual_seed(seed)
         probs = target_probs(target, public, self.device)  # frozen, eval, no_grad
         if probs.shape[1] != self.num_classes:
@@ -294,8 +275,8 @@ class KEDMI(Attack):
     def invert(self, target: nn.Module, prior: dict[str, torch.Tensor], classes: list[int], *,
                seed: int, progress: Any) -> Inversion:
         c = self.cfg
-        check_classes(classes, self.num_classes, "kedmi")
-        check_prior(prior, ("G", "D"), "kedmi")
+        self.check_classes(classes)
+        self.check_prior(prior, ("G", "D"))
         g, d = self._nets()
         load_prefixed("G", g, prior)
         load_prefixed("D", d, prior)

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
 from mi_bench.attacks.gan import _n_stages, load_prefixed, prefixed, sample_batches
-from mi_bench.attacks.kedmi import check_classes, check_prior, frozen, target_probs
+from mi_bench.attacks.kedmi import frozen, target_probs
 from mi_bench.interfaces import Attack, AttackRequirements, Inversion
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import ATTACKS
@@ -251,11 +251,7 @@ class PLGMI(Attack):
     def train_prior(self, public: torch.Tensor, target: nn.Module | None, *, seed: int,
                     progress: Any) -> dict[str, torch.Tensor]:
         c = self.cfg
-        if target is None:
-            raise ValueError("plgmi trains its GAN per target: train_prior needs the target model")
-        if public.ndim != 4 or tuple(public.shape[1:]) != tuple(self.image_shape):
-            raise ValueError(f"plgmi: public images must be (N, {', '.join(map(str, self.image_shape))}); "
-                             f"got {tuple(public.shape)}")
+        self.check_public(public, target)
         torch.manual_seed(seed)
         probs = target_probs(target, public, self.device)
         if probs.shape[1] != self.num_classes:
@@ -317,8 +313,8 @@ class PLGMI(Attack):
     def invert(self, target: nn.Module, prior: dict[str, torch.Tensor], classes: list[int], *,
                seed: int, progress: Any) -> Inversion:
         c = self.cfg
-        check_classes(classes, self.num_classes, "plgmi")
-        check_prior(prior, ("G",), "plgmi")
+        self.check_classes(classes)
+        self.check_prior(prior, ("G",))
         g, _ = self._nets()
         load_prefixed("G", g, prior)
         torch.manual_seed(seed)

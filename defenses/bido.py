@@ -14,7 +14,7 @@ lambdas 0 is bit-for-bit the undefended training (tested).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

@@ -177,3 +177,31 @@ class Attack:
         seed: int, progress: Any,
     ) -> Inversion:
         raise NotImplementedError
+
+    # -- input checks shared by every attack -----------------------------------------------------
+    def check_classes(self, classes: list[int]) -> None:
+        """Refuse an empty list or a class the target does not have (a wrong target)."""
+        bad = [c for c in classes if not (0 <= int(c) < self.num_classes)]
+        if not classes or bad:
+            raise ValueError(
+                f"{self.name}: cannot attack class(es) {bad if bad else classes}: classes must be a "
+                f"non-empty list of the target's class indices 0..{self.num_classes - 1}"
+            )
+
+    def check_prior(self, prior: dict[str, torch.Tensor], required: tuple[str, ...]) -> None:
+        """Refuse a prior that lacks the networks this attack needs (trained by another attack)."""
+        missing = [p for p in required if not any(k.startswith(p + ".") or k == p for k in prior)]
+        if missing:
+            raise ValueError(
+                f"{self.name}: the prior lacks {', '.join(missing)}; was it trained by {self.name}?"
+            )
+
+    def check_public(self, public: torch.Tensor, target: nn.Module | None) -> None:
+        """Public images must match the attack's image shape; per-target priors need the target."""
+        if self.requirements.prior == "per_target" and target is None:
+            raise ValueError(f"{self.name} trains its prior per target: train_prior needs the target model")
+        if public.ndim != 4 or tuple(public.shape[1:]) != tuple(self.image_shape):
+            raise ValueError(
+                f"{self.name}: public images must be (N, {', '.join(map(str, self.image_shape))}); "
+                f"got {tuple(public.shape)}"
+            )

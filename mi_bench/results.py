@@ -117,6 +117,8 @@ def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRIC_COLUMNS:
             row[m], row[m + "_se"] = _mean_se([r["metrics"].get(m) for r in recs])
         row["failed_metrics"] = sorted({k for r in recs for k in r["metrics"].get("metric_errors", {})})
+        eps = first.get("defense_report", {}).get("epsilon")
+        row["dp_epsilon"] = None if eps is None else eps
         rows.append(row)
     rows.sort(key=lambda r: (r["dataset"], r["protocol"], r["attack"], r["defense"], r["preset"]))
     return rows
@@ -136,9 +138,9 @@ def _cell(row: dict[str, Any], m: str, pct: bool) -> str:
 COLUMNS = [("dataset", None), ("protocol", None), ("defense", None), ("attack", None),
            ("preset", None), ("seeds", None), ("target_acc", True), ("attack_acc", True),
            ("attack_acc_top5", True), ("attack_acc_pixel_nn", True), ("knn_dist", False), ("fid_eval", False),
-           ("fid_inception", False)]
+           ("fid_inception", False), ("dp_epsilon", None)]
 HEADERS = ["dataset", "protocol", "defense", "attack", "preset", "seeds", "target acc %",
-           "attack acc %", "top-5 %", "pixel-NN acc %", "KNN dist", "FID (E feats)", "FID (Inception)"]
+           "attack acc %", "top-5 %", "pixel-NN acc %", "KNN dist", "FID (E feats)", "FID (Inception)", "DP ε spent"]
 
 PROTOCOL_NOTE = (
     "Accuracies in %, mean ± standard error over seeds. Attack acc: top-1 of a 10-class "
@@ -158,7 +160,13 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         cells = []
         for key, pct in COLUMNS:
             if pct is None:
-                cells.append(",".join(map(str, r[key])) if key == "seeds" else str(r[key]))
+                v = r[key]
+                if key == "seeds":
+                    cells.append(",".join(map(str, v)))
+                elif key == "dp_epsilon":
+                    cells.append("-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)))
+                else:
+                    cells.append(str(v))
             else:
                 cells.append(_cell(r, key, pct))
         out.append(cells)

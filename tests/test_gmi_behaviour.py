@@ -1,6 +1,5 @@
 """GMI works on an undefended target, and the evaluator can say no."""
 
-import pytest
 import torch
 
 from mi_bench.attacks.gmi import GMI, GMIConfig

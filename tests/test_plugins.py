@@ -18,7 +18,7 @@ from mi_bench.interfaces import Attack, Defense
 from mi_bench.models import build_model
 from mi_bench.registry import ATTACKS, DEFENSES, Registry, RegistryError
 from mi_bench.runtime import NULL_BARS
-from mi_bench.train import Taps, train_classifier
+from mi_bench.train import train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
