@@ -97,7 +97,17 @@ def _run_one(cfg: RunConfig, quiet: bool) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="print the run record as JSON on stdout")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
-    """Train (or load cached) target, evaluator and prior; attack; score; store the record."""
+    """Train (or load cached) target, evaluator and prior; attack; score; store the record.
+
+    \b
+    OVERRIDES are key=value: groups (dataset=, defense=, attack=, preset=) and dotted fields.
+    \b
+    Examples:
+      mi-bench run defense=bido attack=gmi
+      mi-bench run dataset=mnist preset=quick defense=mid defense.beta=0.2 seed=1
+      mi-bench run attack=plgmi attack.iterations=100 threads=2 --json
+    See 'mi-bench show-config' for every key.
+    """
     cfg = _compose(overrides)
     rec = _run_one(cfg, quiet)
     if as_json:
