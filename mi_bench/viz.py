@@ -59,21 +59,41 @@ def save_grid(
 
 
 def tradeoff_plot(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
-    """Target accuracy (utility) against attack accuracy (leakage), one point per entry."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    """Target accuracy (utility) against attack accuracy (leakage): one panel per
+    (dataset, protocol, attack), one colour per defense, each point labelled with its strength."""
+    rows = [r for r in rows if r.get("target_acc") is not None and r.get("attack_acc") is not None]
+    panels: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        if r.get("target_acc") is None or r.get("attack_acc") is None:
-            continue
-        ax.errorbar(100 * r["attack_acc"], 100 * r["target_acc"],
-                    xerr=100 * (r.get("attack_acc_se") or 0), yerr=100 * (r.get("target_acc_se") or 0),
-                    fmt="o", capsize=3)
-        ax.annotate(f"{r['defense']}/{r['attack']}", (100 * r["attack_acc"], 100 * r["target_acc"]),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("attack accuracy % (lower = more private)")
-    ax.set_ylabel("target test accuracy % (utility)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        panels.setdefault((r["dataset"], r["protocol"], r["attack"]), []).append(r)
+    names = sorted({r["defense"].split("[")[0] for r in rows})
+    colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    n = max(1, len(panels))
+    cols = min(3, n)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, ((ds, proto, atk), prs) in zip(axes.flat, sorted(panels.items())):
+        for r in prs:
+            base, _, params = r["defense"].partition("[")
+            ax.errorbar(100 * r["attack_acc"], 100 * r["target_acc"],
+                        xerr=100 * (r.get("attack_acc_se") or 0), yerr=100 * (r.get("target_acc_se") or 0),
+                        fmt="o", ms=5, capsize=2, color=colours[base])
+            if params:
+                short = ",".join(p.split("=")[-1] for p in params.rstrip("]").split(","))
+                ax.annotate(short, (100 * r["attack_acc"], 100 * r["target_acc"]), fontsize=5,
+                            xytext=(2, 2), textcoords="offset points", color=colours[base])
+        ax.set_xlim(-3, 103)  # the whole range, so panels compare at a glance
+        ax.set_title(f"{atk} on {ds} ({proto})", fontsize=8)
+        ax.set_xlabel("attack accuracy % (lower = more private)", fontsize=7)
+        ax.set_ylabel("target test accuracy %", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[nm], label=nm) for nm in names]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=min(8, len(names)),
+               fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9, y=0.995)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
