@@ -93,7 +93,6 @@ class DPSGD(Defense):
         self.noise_multiplier = cfg.noise_multiplier
         self._batch_len = 0
         self._gsm = None
-        self._epochs = 0
 
     def build_model(self, model: nn.Module) -> nn.Module:
         from opacus.validators import ModuleValidator
@@ -125,7 +124,7 @@ class DPSGD(Defense):
             self.noise_multiplier = cfg.noise_multiplier
         clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else NO_CLIP
         gsm = GradSampleModule(model, loss_reduction="mean")
-        self._gsm, self._epochs = gsm, epochs
+        self._gsm = gsm
         self.optimizer = DPOptimizer(
             optimizer, noise_multiplier=self.noise_multiplier, max_grad_norm=clip,
             expected_batch_size=max(1, round(self.sample_rate * n_train)), loss_reduction="mean",

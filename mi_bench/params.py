@@ -83,13 +83,3 @@ def prior_fields(cfg: Any) -> dict[str, Any]:
         if f.metadata.get("prior")
     }
 
-
-def describe_fields(cls: type) -> list[tuple[str, Any, str]]:
-    """(name, default, help) for each field of a config dataclass."""
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not MISSING else (
-            f.default_factory() if f.default_factory is not MISSING else None  # type: ignore[misc]
-        )
-        out.append((f.name, default, f.metadata.get("help", "")))
-    return out

@@ -90,9 +90,9 @@ class Runner:
                           *, seed: int, defense: Defense | None) -> tuple[torch.nn.Module, dict]:
         key = stable_hash(key_spec)
         t0 = time.perf_counter()
-        model = (defense.build_model(make()) if defense else make()).to(self.device)
         if self.store.exists(kind, key):
             state, meta = self.store.load(kind, key)
+            model = (defense.build_model(make()) if defense else make()).to(self.device)
             model.load_state_dict(state)
             log.info("%s: cached %s - no training", kind, key)
             cached = True

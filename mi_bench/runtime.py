@@ -9,12 +9,9 @@ the machine. mi-bench therefore sets the intra-op thread count explicitly from t
 from __future__ import annotations
 
 import logging
-import random
-import sys
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
@@ -46,12 +43,6 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if any(getattr(h, "_mi_bench", False) for h in root.handlers):
@@ -67,8 +58,7 @@ def setup_logging(level: str = "INFO") -> None:
 class Bars:
     """Thin wrapper over rich.progress: ``with bars.task("GAN", total=n) as t: t.advance()``.
 
-    Disabled (no output, same API) when ``enabled`` is False or stderr is not a terminal and
-    ``force`` is False; tests and ``--quiet`` use that.
+    Disabled (no output, same API) when ``enabled`` is False; tests and ``--quiet`` use that.
     """
 
     def __init__(self, enabled: bool = True) -> None:
@@ -121,6 +111,3 @@ def _fmt(v: Any) -> str:
 
 NULL_BARS = Bars(enabled=False)
 
-
-def stderr_is_tty() -> bool:
-    return sys.stderr.isatty()
