@@ -2,7 +2,7 @@
 
 Every config section (a plugin's ``Config`` dataclass included) declares its fields with
 :func:`param`. The metadata drives validation (range/choices errors name the field and what it
-accepts), ``mi-bench list`` descriptions, sweep ranges (DomainBed-style), and which attack
+accepts), help text, sweep ranges (DomainBed-style), and which attack
 fields determine the attack's prior (``prior=True``; only those enter the prior's cache key).
 """
 
