@@ -61,12 +61,20 @@ def _summary_table(rec: dict) -> Table:
     t.add_column("value", justify="right")
     t.add_column("protocol", overflow="fold")
     pct = lambda v: "failed" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    num = lambda k: f"failed ({m['metric_errors'].get(k, '')[:60]})" if m.get(k) is None else f"{m[k]:.3f}"  # noqa: E731
+
+    def num(k: str) -> str:
+        if m.get(k) is not None:
+            return f"{m[k]:.3f}"
+        if k in m.get("metric_absent", {}):
+            return f"n/a ({m['metric_absent'][k][:60]})"
+        return f"failed ({m['metric_errors'].get(k, '')[:60]})"
     n_priv = len(rec["protocol"]["data"]["private_classes"])
     t.add_row("target acc", pct(m["target_acc"]), "private test split")
     t.add_row("eval acc", pct(m["eval_acc"]), f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")
-    t.add_row("attack acc (top-1)", pct(m["attack_acc"]), f"chance {100 / n_priv:.0f}% over private classes; "
-              f"{m['n_reconstructions']} reconstructions")
+    ci = m.get("attack_acc_ci")
+    acc = pct(m["attack_acc"]) + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
+    t.add_row("attack acc (top-1)", acc, f"95% Wilson interval; chance {100 / n_priv:.0f}% over private "
+              f"classes; {m['n_reconstructions']} reconstructions")
     t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]), "")
     t.add_row("per class", " ".join(f"{k}:{100 * v:.0f}" for k, v in m["per_class"].items()), "")
     t.add_row("KNN dist", num("knn_dist"), "evaluator features, same-class private train")

@@ -16,7 +16,11 @@ Protocol (stored with every result as ``metrics_protocol``):
   score high on ``attack_acc`` and low here. Look at the grids when the two disagree.
 * ``fid_inception``: pytorch-fid's Inception-v3 pool features, same two sets, computed only when
   the Inception weights are already on disk; otherwise ``None`` with the reason in
-  ``metric_errors``. A metric that fails is ``None`` plus its reason - never 0.
+  ``metric_absent``. A metric that fails is ``None`` plus its reason in ``metric_errors`` -
+  never 0; a metric absent by design (weights not on disk, disabled by config) is ``None`` plus
+  its reason in ``metric_absent``, so tables can say ``n/a`` rather than ``failed``.
+* ``attack_acc_ci``: the 95% Wilson interval of ``attack_acc`` over the ``n_reconstructions``
+  scored (``mi_bench.stats``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch.nn import functional as F
 
 from mi_bench.data import DataSplits
 from mi_bench.interfaces import Inversion
+from mi_bench.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 
 METRICS_PROTOCOL = {
     "attack_acc": "top-1 of the all-class evaluation model == attacked class, mean over classes x samples",
+    "attack_acc_ci": "95% Wilson score interval of attack_acc over the scored reconstructions",
     "attack_acc_top5": "attacked class within the evaluator's top-5, mean over classes x samples",
     "knn_dist": "mean over reconstructions of min squared L2 (evaluator penultimate features) "
     "to private training images of the same class",
@@ -136,12 +142,14 @@ def score_inversion(
     per_class = top1.view(n_cls, n_s).float().mean(1)
     out: dict[str, Any] = {
         "attack_acc": float(top1.float().mean()),
+        "attack_acc_ci": list(wilson_interval(int(top1.sum()), int(top1.numel()))),
         "attack_acc_top5": float(top5.float().mean()),
         "per_class": {int(c): float(a) for c, a in zip(inversion.classes, per_class)},
         "evaluator_predictions": logits.argmax(1).view(n_cls, n_s).tolist(),
         "n_reconstructions": int(n_cls * n_s),
     }
     errors: dict[str, str] = {}
+    absent: dict[str, str] = {}
     try:
         out["attack_acc_pixel_nn"] = pixel_nn_accuracy(flat, true_domain, splits.eval_train)
     except Exception as exc:  # noqa: BLE001 - reported, never silently 0
@@ -166,14 +174,18 @@ def score_inversion(
     except Exception as exc:  # noqa: BLE001
         out["fid_eval"] = None
         errors["fid_eval"] = f"{type(exc).__name__}: {exc}"
-    if inception:
+    out["fid_inception"] = None
+    if not inception:
+        absent["fid_inception"] = "disabled (eval.fid_inception=false)"
+    elif not inception_weights_path().is_file():
+        absent["fid_inception"] = (
+            f"Inception-v3 FID weights not on disk ({inception_weights_path()}); download "
+            f"{INCEPTION_FILE} from the pytorch-fid release page into that folder to enable it")
+    else:
         try:
             out["fid_inception"] = fid_inception(flat, x_tr, torch.device(device))
         except Exception as exc:  # noqa: BLE001
-            out["fid_inception"] = None
             errors["fid_inception"] = f"{type(exc).__name__}: {exc}"
-    else:
-        out["fid_inception"] = None
-        errors["fid_inception"] = "disabled (eval.fid_inception=false)"
     out["metric_errors"] = errors
+    out["metric_absent"] = absent
     return out

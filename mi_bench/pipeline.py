@@ -37,6 +37,7 @@ from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
 from mi_bench.results import ResultStore, json_safe
+from mi_bench.runs import GRID, run_dir, save_reconstructions
 from mi_bench.runtime import NULL_BARS, Bars, resolve_device, set_threads
 from mi_bench.train import accuracy, train_classifier
 from mi_bench.viz import save_grid
@@ -226,7 +227,9 @@ class Runner:
         self._timed("scoring", t0)
         metrics = {"target_acc": target_acc, "eval_acc": eval_acc, **metrics}
 
-        grid = self._grid(run_id, splits, inversion, metrics)
+        out_dir = run_dir(cfg.results_dir, run_id)
+        save_reconstructions(out_dir, inversion.images, inversion.classes)
+        grid = self._grid(out_dir / GRID, splits, inversion, metrics)
         config = to_dict(cfg)
         record = {
             "run_id": run_id,
@@ -254,6 +257,7 @@ class Runner:
             "defense_report": self.artifacts.get("target", {}).get("defense_report", {}),
             "stage_seconds": self.times,
             "wall_seconds": round(time.perf_counter() - t_start, 3),
+            "run_dir": str(out_dir),
             "grid": str(grid) if grid else None,
             "versions": versions(),
             "machine": machine(cfg, self.device),
@@ -262,7 +266,7 @@ class Runner:
         ResultStore(cfg.results_db).append(record)
         return record
 
-    def _grid(self, run_id: str, splits: DataSplits, inversion, metrics) -> Path | None:
+    def _grid(self, path: Path, splits: DataSplits, inversion, metrics) -> Path | None:
         cfg = self.cfg
         x_tr, y_tr = splits.private_train
         real = [x_tr[y_tr == c][: cfg.eval.grid_real] for c in inversion.classes]
@@ -273,7 +277,6 @@ class Runner:
         title = (f"{cfg.attack.name} vs {defense_label(cfg.defense)} on {splits.name} "
                  f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
                  f"{metrics['attack_acc']:.0%}, target acc {metrics['target_acc']:.1%}")
-        path = Path(cfg.results_dir) / f"{run_id}.png"
         return save_grid(path, inversion.images, inversion.classes, real, correct, preds, names, title)
 
 

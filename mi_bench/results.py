@@ -117,6 +117,7 @@ def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRIC_COLUMNS:
             row[m], row[m + "_se"] = _mean_se([r["metrics"].get(m) for r in recs])
         row["failed_metrics"] = sorted({k for r in recs for k in r["metrics"].get("metric_errors", {})})
+        row["absent_metrics"] = sorted({k for r in recs for k in r["metrics"].get("metric_absent", {})})
         eps = first.get("defense_report", {}).get("epsilon")
         row["dp_epsilon"] = None if eps is None else eps
         rows.append(row)
@@ -127,7 +128,9 @@ def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _cell(row: dict[str, Any], m: str, pct: bool) -> str:
     v, se = row[m], row[m + "_se"]
     if v is None:
-        return "failed" if m in row.get("failed_metrics", []) else "-"
+        if m in row.get("failed_metrics", []):
+            return "failed"
+        return "n/a" if m in row.get("absent_metrics", []) else "-"
     scale = 100 if pct else 1
     s = f"{v * scale:.1f}" if pct else f"{v:.2f}"
     if se is not None:
