@@ -20,6 +20,7 @@ targets trained with different seeds see the same data.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mi_bench.face_config import FaceConfig
 from mi_bench.params import param
 from mi_bench.registry import DATASETS
 
@@ -47,7 +49,10 @@ class DatasetConfig:
     name: str = param("digits", help="dataset plugin name")
     protocol: str = param("disjoint_samples", choices=PROTOCOLS, help="public-data protocol")
     image_size: int = param(32, ge=8, le=512, help="side length images are resized to")
-    private_classes: int = param(5, ge=2, help="classes 0..n-1 are private; the rest are public")
+    private_classes: int = param(
+        5, ge=0, help="classes 0..n-1 are private; the rest are public (face datasets: the first n "
+        "qualifying identities, 0 = all of them)",
+    )
     holdout_fraction: float = param(
         -1.0, ge=-1.0, lt=1.0,
         help="fraction of each private class's training images held out of the private set "
@@ -60,6 +65,7 @@ class DatasetConfig:
     max_test_per_class: int = param(0, ge=0, help="cap per class on test splits (0 = all)")
     split_seed: int = param(0, help="seed of the deterministic split (independent of the run seed)")
     download: bool = param(True, help="download missing files when a network is available")
+    face: FaceConfig = param(default_factory=FaceConfig, help="face datasets only (mi_bench.faces)")
 
 
 @dataclass
@@ -132,6 +138,8 @@ def build_splits(
     """
     xs, ys = train
     n_priv = cfg.private_classes
+    if n_priv < 2:
+        raise ValueError(f"dataset.private_classes={n_priv}: {name} needs at least 2 private classes")
     if n_priv >= num_classes:
         raise ValueError(
             f"dataset.private_classes={n_priv} leaves no public classes: use fewer than {num_classes}"
@@ -272,8 +280,13 @@ load_mnist_splits.summary = "MNIST, BiDO protocol: private digits 0-4, public 5-
 load_mnist_splits.paper = "LeCun et al. 1998; protocol of Peng et al. KDD 2022 (BiDO)"  # type: ignore[attr-defined]
 
 
-def load_splits(cfg: DatasetConfig, root: Path) -> DataSplits:
-    return DATASETS.get(cfg.name)(cfg, root)
+def load_splits(cfg: DatasetConfig, root: Path, *, cache_dir: Path | None = None) -> DataSplits:
+    """Run the dataset plugin. ``cache_dir`` (the artifact cache) is passed to plugins that take a
+    ``cache_dir`` keyword (the face datasets keep their decoded, resized images there)."""
+    loader = DATASETS.get(cfg.name)
+    if cache_dir is not None and "cache_dir" in inspect.signature(loader).parameters:
+        return loader(cfg, root, cache_dir=cache_dir)
+    return loader(cfg, root)
 
 
 # -- batch samplers --------------------------------------------------------------------------

@@ -92,5 +92,13 @@ class SCNN(Classifier):
         return self.pool(h)
 
 
-def build_model(name: str, *, num_classes: int, in_channels: int, width: float) -> Classifier:
-    return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, width=width)
+def build_model(name: str, *, num_classes: int, in_channels: int, width: float,
+                pretrained: str = "", pretrained_sha256: str = "", what: str = "model") -> Classifier:
+    """A registered model; with ``pretrained`` it is initialised from that weights file after
+    checking its SHA-256 (``mi_bench.weights``)."""
+    model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, width=width)
+    if pretrained:
+        from mi_bench.weights import load_pretrained
+
+        load_pretrained(model, pretrained, pretrained_sha256, what=what)
+    return model

@@ -41,6 +41,7 @@ from mi_bench.runs import GRID, run_dir, save_reconstructions
 from mi_bench.runtime import NULL_BARS, Bars, resolve_device, set_threads
 from mi_bench.train import accuracy, train_classifier
 from mi_bench.viz import save_grid
+from mi_bench.weights import init_statement
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,10 @@ def _make_defense(cfg: RunConfig, splits: DataSplits) -> Defense:
 
 def _target_factory(cfg: RunConfig, splits: DataSplits):
     c = splits.image_shape[0]
-    return lambda: build_model(cfg.target.model, num_classes=splits.num_private_classes,
-                               in_channels=c, width=cfg.target.width)
+    t = cfg.target
+    return lambda: build_model(t.model, num_classes=splits.num_private_classes, in_channels=c,
+                               width=t.width, pretrained=t.pretrained,
+                               pretrained_sha256=t.pretrained_sha256, what="target")
 
 
 class Runner:
@@ -148,8 +151,10 @@ class Runner:
     def evaluator(self, splits: DataSplits) -> torch.nn.Module:
         cfg = self.cfg
         c = splits.image_shape[0]
-        make = lambda: build_model(cfg.evaluator.model, num_classes=splits.num_domain_classes,  # noqa: E731
-                                   in_channels=c, width=cfg.evaluator.width)
+        e = cfg.evaluator
+        make = lambda: build_model(e.model, num_classes=splits.num_domain_classes,  # noqa: E731
+                                   in_channels=c, width=e.width, pretrained=e.pretrained,
+                                   pretrained_sha256=e.pretrained_sha256, what="evaluator")
         spec = {
             "stage": "evaluator", "version": EVALUATOR_VERSION,
             "data": splits.fingerprint(("eval_train", "eval_val")),
@@ -197,7 +202,7 @@ class Runner:
         t_start = time.perf_counter()
         run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         t0 = time.perf_counter()
-        splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root))
+        splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root), cache_dir=self.store.root)
         self._timed("data", t0)
         classes = list(cfg.classes) or list(range(splits.num_private_classes))
         bad = [c for c in classes if not 0 <= c < splits.num_private_classes]
@@ -249,6 +254,8 @@ class Runner:
                                             "carved from training data; test split only reported"},
                 "evaluator": f"{cfg.evaluator.model} over all {splits.num_domain_classes} classes, "
                              f"seed {cfg.eval_seed}",
+                "initialisation": {"target": init_statement(cfg.target),
+                                   "evaluator": init_statement(cfg.evaluator)},
                 "attack_requirements": dataclasses.asdict(attack.requirements),
             },
             "artifacts": self.artifacts,
@@ -272,8 +279,9 @@ class Runner:
         real = [x_tr[y_tr == c][: cfg.eval.grid_real] for c in inversion.classes]
         preds = metrics["evaluator_predictions"]
         correct = [[p == splits.private_classes[c] for p in row] for c, row in zip(inversion.classes, preds)]
-        names = [f"class {c} (digit {splits.private_classes[c]})\nE acc {metrics['per_class'][c]:.0%}"
-                 for c in inversion.classes]
+        class_names = splits.info.get("class_names")  # face datasets: identity names
+        names = [f"class {c} ({class_names[c] if class_names else f'digit {splits.private_classes[c]}'})"
+                 f"\nE acc {metrics['per_class'][c]:.0%}" for c in inversion.classes]
         title = (f"{cfg.attack.name} vs {defense_label(cfg.defense)} on {splits.name} "
                  f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
                  f"{metrics['attack_acc']:.0%}, target acc {metrics['target_acc']:.1%}")

@@ -112,7 +112,7 @@ def _qualname(obj: Any) -> str:
 
 ATTACKS: Registry = Registry("attack", ("mi_bench.attacks",))
 DEFENSES: Registry = Registry("defense", ("mi_bench.defenses",))
-DATASETS: Registry = Registry("dataset", ("mi_bench.data",))
-MODELS: Registry = Registry("model", ("mi_bench.models",))
+DATASETS: Registry = Registry("dataset", ("mi_bench.data", "mi_bench.faces"))
+MODELS: Registry = Registry("model", ("mi_bench.models", "mi_bench.face_models"))
 
 REGISTRIES = {"attack": ATTACKS, "defense": DEFENSES, "dataset": DATASETS, "model": MODELS}

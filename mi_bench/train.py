@@ -41,6 +41,10 @@ class TrainConfig:
     selection: str = param("best_val", choices=("best_val", "last"),
                            help="model selection: best validation accuracy, or last epoch")
     seed_offset: int = param(0, help="added to the run seed for this model (evaluator != target)")
+    # face protocols (mi_bench.faces / face_models)
+    hflip: bool = param(False, help="flip a random half of each training batch horizontally")
+    pretrained: str = param("", help="initialise from this weights file ('' = from scratch)")
+    pretrained_sha256: str = param("", help="expected SHA-256 of the pretrained file (mismatch refused)")
 
 
 @dataclass
@@ -155,6 +159,9 @@ def train_classifier(
                 correct = seen = 0
                 for idx in batches:
                     xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
+                    if cfg.hflip:
+                        flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
+                        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
                     holder: dict[str, torch.Tensor] = {}
 
                     def closure(xb=xb, yb=yb, holder=holder) -> LossOutput:
