@@ -252,7 +252,7 @@ def decode_image(path: Path, pp: Preprocess) -> np.ndarray:
                          "lower dataset.face.crop (or face.public_crop)")
     im = TF.center_crop(im, [side, side])
     im = TF.resize(im, [pp.size, pp.size], interpolation=bilinear, antialias=True)
-    a = np.asarray(im, dtype=np.uint8)
+    a = np.array(im, dtype=np.uint8)  # a writable copy
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
