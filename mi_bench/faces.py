@@ -60,6 +60,7 @@ import numpy as np
 import torch
 
 from mi_bench.artifacts import ArtifactError, ArtifactStore
+from mi_bench.config import stable_hash
 from mi_bench.data import DatasetConfig, DataSplits, DataUnavailable
 from mi_bench.registry import DATASETS
 
@@ -173,6 +174,17 @@ def _subsample(items: list, size: int, seed: int) -> list:
     return [items[i] for i in keep]
 
 
+def _public_files(by_identity: dict[str, list[str]], first_label: int,
+                  cfg: DatasetConfig) -> list[tuple[str, int]]:
+    """Every image of these identities (at most ``face.max_per_identity`` each), labelled
+    ``first_label + i`` for the i-th identity, in identity then file order."""
+    out = []
+    for j, (ident, files) in enumerate(by_identity.items()):
+        kept = set(_capped(files, ident, cfg.face.max_per_identity, cfg.split_seed))
+        out += [(f, first_label + j) for f in files if f in kept]
+    return out
+
+
 def plan_identities(by_identity: dict[str, list[str]], cfg: DatasetConfig, *, dataset: str,
                     order: str, public_own: bool = True) -> FacePlan:
     """Private = the first ``private_classes`` identities (in ``by_identity``'s order) with at
@@ -203,12 +215,9 @@ def plan_identities(by_identity: dict[str, list[str]], cfg: DatasetConfig, *, da
         f"{cfg.test_fraction:g} test (at least 1), {cfg.val_fraction:g} of the rest validation"
     )
     if public_own:
-        others = [i for i in by_identity if i not in chosen]
-        plan.public_ids = others
-        files = []
-        for j, ident in enumerate(others):
-            kept = set(_capped(by_identity[ident], ident, fc.max_per_identity, cfg.split_seed))
-            files += [(f, k + j) for f in by_identity[ident] if f in kept]
+        others = {i: files for i, files in by_identity.items() if i not in chosen}
+        plan.public_ids = list(others)
+        files = _public_files(others, len(private), cfg)
         plan.public = _subsample(files, fc.public_size, cfg.split_seed)
         size = f"a random {fc.public_size:,} of " if fc.public_size and fc.public_size < len(files) else ""
         plan.rules["public"] = (f"{size}all {len(files):,} images of the other {len(others):,} "
@@ -258,8 +267,6 @@ def decode_image(path: Path, pp: Preprocess) -> np.ndarray:
 
 def images_key(files: list[str], root: Path, pp: Preprocess) -> str:
     """Cache key: relative paths, their sizes in bytes, the preprocessing and the code version."""
-    from mi_bench.config import stable_hash
-
     entries = []
     for f in files:
         try:
@@ -398,10 +405,7 @@ def _public_set(cfg: DatasetConfig, root: Path, plan: FacePlan, private_pp: Prep
     else:
         by_id = scan_identity_folders(where)
         plan.public_ids = list(by_id)
-        files = []
-        for j, ident in enumerate(by_id):
-            kept = set(_capped(by_id[ident], ident, fc.max_per_identity, cfg.split_seed))
-            files += [(f, k + j) for f in by_id[ident] if f in kept]
+        files = _public_files(by_id, k, cfg)
         desc = f"{fc.public} images of {len(by_id):,} identities"
     plan.public = _subsample(files, fc.public_size, cfg.split_seed)
     size = f"a random {fc.public_size:,} of " if fc.public_size and fc.public_size < len(files) else ""

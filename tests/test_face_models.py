@@ -178,3 +178,29 @@ def test_cpu_preset_gives_every_attack_cpu_sized_settings(attack):
     assert cfg.attack.gan_steps <= 2000  # not the paper-scale default
     quick = compose(["dataset=lfw", "preset=quick", f"attack={attack}"])
     assert quick.dataset == cfg.dataset and quick.target == cfg.target  # quick = cpu on lfw
+
+
+def test_hflip_flips_a_random_part_of_each_batch_and_nothing_when_off():
+    from mi_bench.interfaces import Defense, LossOutput
+    from mi_bench.train import TrainConfig, train_classifier
+
+    class Recorder(Defense):
+        seen: list = []
+
+        def compute_loss(self, batch):
+            Recorder.seen.append(batch.x.detach().clone())
+            ce = torch.nn.functional.cross_entropy(batch.logits, batch.y)
+            return LossOutput(ce, {"ce": float(ce.detach())})
+
+    x = torch.rand(16, 3, 8, 8)  # asymmetric images: a flip is never the identity
+    y = torch.arange(16) % 2
+    make = lambda: build_model("ir18", num_classes=2, in_channels=3, width=0.125)  # noqa: E731
+    rows = {bytes(r.numpy().tobytes()): "orig" for r in x}
+    rows.update({bytes(r.flip(-1).numpy().tobytes()): "flip" for r in x})
+    for hflip in (False, True):
+        Recorder.seen = []
+        train_classifier(make, (x, y), (x[:2], y[:2]), TrainConfig(epochs=2, batch_size=8, hflip=hflip),
+                         seed=0, defense=Recorder(None, num_classes=2, input_shape=(3, 8, 8)))
+        kinds = [rows[bytes(r.numpy().tobytes())] for b in Recorder.seen for r in b]
+        assert len(kinds) == 32
+        assert set(kinds) == ({"orig", "flip"} if hflip else {"orig"})

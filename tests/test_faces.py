@@ -295,3 +295,19 @@ def test_lfw_smoke_run_end_to_end_through_the_cli(tmp_path, monkeypatch):
     assert rec["protocol"]["initialisation"]["target"].startswith("from scratch")
     assert rec["metrics"]["attack_acc"] is not None and rec["metrics"]["n_reconstructions"] == 8
     assert os.path.isfile(rec["grid"])
+
+
+def test_cli_refuses_missing_faces_and_a_sample_protocol_with_exit_2(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mi_bench.cli import cli
+
+    monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["run", "dataset=att_faces", "preset=smoke", f"data_root={tmp_path}"])
+    assert r.exit_code == 2 and "AT&T faces not found under" in r.output
+    _identity_tree(tmp_path / "people", {"a": 3, "b": 3, "c": 1})
+    r = CliRunner().invoke(cli, ["run", "dataset=folder", "dataset.face.path=people",
+                                 "dataset.protocol=disjoint_samples", f"data_root={tmp_path}"])
+    assert r.exit_code == 2 and "set dataset.protocol=disjoint_classes" in r.output
+    assert not (tmp_path / "results").exists()  # nothing half-written
