@@ -32,6 +32,15 @@ STALE_TMP_SECONDS = 24 * 3600
 MIN_FREE_BYTES = 100 * 1024 * 1024  # refuse to start a run with less free space than this
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # mkstemp creates files 0600; finished files get the usual 0666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)``, fsync the file, then rename it to ``path``."""
     path = Path(path)
@@ -43,6 +52,7 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -113,27 +123,32 @@ class NotWritable(OSError):
 
 
 def check_writable(folder: Path, what: str, *, min_free: int = MIN_FREE_BYTES) -> None:
-    """Create ``folder``, write and delete a probe file in it, and check the free space.
+    """Could files be written in ``folder`` (which need not exist yet), and is there room?
 
-    Raises :class:`NotWritable` with one line naming ``what`` (e.g. ``results_dir=runs``)."""
-    folder = Path(folder)
+    Checks the nearest existing folder on its path - a probe file is written and deleted there,
+    nothing is left behind - and its file system's free space. Raises :class:`NotWritable` with
+    one line naming ``what`` (e.g. ``results_dir=runs``)."""
+    folder = Path(folder).absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotWritable(f"cannot write to {what} ({folder}): {existing} is a file, not a folder; "
+                          "choose another path")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".probe.{HOST}-{os.getpid()}.", suffix=TMP_SUFFIX)
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=f".probe.{HOST}-{os.getpid()}.", suffix=TMP_SUFFIX)
         try:
             os.write(fd, b"x")
         finally:
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if isinstance(exc, (FileExistsError, NotADirectoryError)) or exc.errno in (errno.EEXIST, errno.ENOTDIR):
-            reason = "a file is in the way of the folder"
-        raise NotWritable(f"cannot write to {what} ({folder}): {reason}; choose a writable folder") from None
-    free = shutil.disk_usage(folder).free
+        raise NotWritable(f"cannot write to {what} ({existing}): {exc.strerror or exc}; "
+                          "choose a writable folder") from None
+    free = shutil.disk_usage(existing).free
     if free < min_free:
         raise NotWritable(
-            f"only {free / 2**20:.0f} MB free on the file system of {what} ({folder}); mi-bench needs "
+            f"only {free / 2**20:.0f} MB free on the file system of {what} ({existing}); mi-bench needs "
             f"at least {min_free / 2**20:.0f} MB to start a run: free some space or point it elsewhere"
         )
 

@@ -8,7 +8,13 @@ Stages and their cache keys (``mi_bench.artifacts``):
 * prior     - attack name and ``prior_version``, the attack fields marked ``prior=True``,
               public-set content hash, image shape, run seed, and the target's key when the
               attack trains its prior against the target (KED-MI, PLG-MI).
-Nothing else (threads, device, inversion settings, paths) enters a key.
+Nothing else (threads, device, inversion settings, paths) enters a key. ``artifact_plan`` computes
+the keys without training (``mi-bench sweep --dry-run``). Each artifact is built under its cache
+lock, so concurrent runs that need it train it once.
+
+Storing: before any training the results database, the results folder and the cache are checked
+(``results.preflight``); at the end the record is written as ``record.json`` in the run folder
+first, then indexed in the database, so a finished run never loses its record.
 """
 
 from __future__ import annotations
@@ -238,7 +244,6 @@ class Runner:
         cfg = self.cfg
         t_start = time.perf_counter()
         run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        preflight(cfg, index=self.index)  # before any work: where the results go is usable
         t0 = time.perf_counter()
         splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root))
         self._timed("data", t0)
@@ -248,6 +253,7 @@ class Runner:
             raise ValueError(
                 f"classes={bad} are not private classes: use indices 0..{splits.num_private_classes - 1}"
             )
+        preflight(cfg, index=self.index)  # before any training: where the results go is usable
         target = self.target(splits)
         evaluator = self.evaluator(splits)
         t0 = time.perf_counter()

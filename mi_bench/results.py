@@ -88,7 +88,9 @@ class ResultStore:
             f"or recreate it from the run records with 'mi-bench db rebuild --db {self.path}'"
         )
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, write: bool = True) -> sqlite3.Connection:
+        """A connection with a busy timeout. Writers also switch the database to WAL and create
+        the schema; readers change nothing in the file."""
         if self.path.is_dir():
             raise ResultsError(f"results_db {self.path} is a folder; it must be a database file path")
         try:
@@ -102,6 +104,9 @@ class ResultStore:
             try:
                 con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
                 con.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                if not write:
+                    con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # is it a database?
+                    return con
                 if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     con.execute("PRAGMA journal_mode = WAL")
                 con.executescript(SCHEMA)
@@ -152,9 +157,13 @@ class ResultStore:
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         if not self.path.is_file():
             return []
-        con = self._connect()
+        con = self._connect(write=False)
         try:
             return con.execute(sql, args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # an empty database file
+                return []
+            raise self._bad(exc) from None
         except sqlite3.DatabaseError as exc:
             raise self._bad(exc) from None
         finally:
@@ -250,9 +259,11 @@ def dump_jsonl(records: list[dict[str, Any]]) -> str:
 
 
 def preflight(cfg: Any, *, index: bool = True) -> None:
-    """Everything a run needs to store its work, checked before any training: the results
-    database opens and takes writes (when ``index``), the results folder and the artifact cache
-    are writable with room to spare. Raises ResultsError / ArtifactError with one line."""
+    """Everything a run needs to store its work, checked before any training and without
+    creating anything: the results database opens and takes writes (or, when it does not exist
+    yet, its folder could be written; only when ``index``), the results folder and the artifact
+    cache are writable with room to spare. Raises ResultsError / ArtifactError with one line.
+    Also removes temporary files that killed runs left in the results folder and the cache."""
     from mi_bench.artifacts import ArtifactError, resolve_cache_dir
     from mi_bench.fsutil import NotWritable, check_writable, sweep_tmp
 
@@ -266,7 +277,14 @@ def preflight(cfg: Any, *, index: bool = True) -> None:
     except NotWritable as exc:
         raise ArtifactError(str(exc)) from None
     if index:
-        ResultStore(cfg.results_db).check()
+        db = Path(cfg.results_db)
+        if db.exists():
+            ResultStore(db).check()
+        else:
+            try:
+                check_writable(db.parent, f"the folder of results_db={cfg.results_db}")
+            except NotWritable as exc:
+                raise ResultsError(str(exc)) from None
     sweep_tmp(Path(cfg.results_dir), depth=2)  # a killed run's temporary files
     sweep_tmp(cache, depth=3)
 
