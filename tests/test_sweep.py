@@ -178,3 +178,46 @@ def test_db_rebuild_and_export_from_run_records(env):
     md_db = invoke("leaderboard", "--format", "markdown").output
     assert md_db == invoke("leaderboard", "--records", "out/records.jsonl", "--format", "markdown").output
     assert md_db == invoke("leaderboard", "--records", "results/runs", "--format", "markdown").output
+
+
+def test_status_tells_running_from_interrupted_by_the_cell_lock(env):
+    import subprocess
+    import sys
+    import time
+
+    from mi_bench.fsutil import HOST
+    from mi_bench.sweep import _finished
+
+    cells = make_cells(("preset=smoke", "defense=none,bido", "seed=0"))
+    state = SweepState.for_cells(cells)
+    state.write_manifest(cells, ())
+    h = cells[0].hash
+    state.write(h, status="running", host=HOST, pid=12345)
+    assert state.status(h, set())[0] == "interrupted"  # nobody holds its lock
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+        "print('held', flush=True); time.sleep(60)"), str(state.folder / "cells" / f"{h}.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert state.status(h, set())[0] == "running"
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert state.status(h, set())[0] == "interrupted"  # its process died: the OS freed the lock
+    assert state.status(h, {h})[0] == "done"  # a record in the database wins
+    # a worker killed before recording anything: the cell is failed with the reason
+    assert _finished(state, cells[1], -9, 1.0, 1, 2) == "failed"
+    assert "signal 9" in state.read(cells[1].hash)["error"]
+
+
+def test_grid_order_puts_one_cell_per_shared_artifact_first():
+    from mi_bench.sweep import Cell, order_cells, pick_next
+
+    cells = [Cell([f"c{i}"], None, f"c{i}") for i in range(4)]
+    needs = {"c0": {"T0"}, "c1": {"T1", "E"}, "c2": {"T2", "E", "P"}, "c3": {"T3", "P"}}
+    order = order_cells(cells, needs)
+    assert [c.hash for c in order] == ["c1", "c2", "c0", "c3"]  # E by c1, P by c2, then the rest
+    pending = list(order[1:])
+    assert pick_next(pending, needs, building={"T1", "E"}).hash == "c0"  # needs nothing in progress
