@@ -162,6 +162,7 @@ def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool
       mi-bench sweep defense=mid defense.beta=0.01,0.1 --status
     """
     from mi_bench import sweep as sw
+    from mi_bench.fsutil import sweep_tmp
     from mi_bench.results import ResultStore, preflight
 
     try:
@@ -182,6 +183,7 @@ def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool
         indexed = store.config_hashes()
     except USER_ERRORS as exc:
         _fail(str(exc))
+    sweep_tmp(state.folder, depth=2)  # state files a killed launcher or worker left half-written
     state.write_manifest(cells, overrides)
     todo, skipped = [], {"done": 0, "failed": 0, "running": 0}
     for c in cells:

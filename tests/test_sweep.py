@@ -107,18 +107,38 @@ def test_failed_cell_is_recorded_the_sweep_goes_on_and_retry_reruns_it(env, monk
     assert len(ResultStore(DB).records()) == 3
 
 
-def test_submitit_launcher_runs_a_two_cell_job_array_locally(env):
+def test_submitit_launcher_runs_a_two_cell_job_array_locally_and_requeues_a_preempted_cell(env):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from submitit.local.local import LocalJobEnvironment
+
     args = ("sweep", "preset=smoke", "defense=none,bido", "seed=0", "slurm.cluster=local",
             "slurm.time_min=10", "slurm.cpus=1", "--quiet")
-    r = invoke(*args, "--launcher", "slurm", "--wait")
-    assert r.exit_code == 0, r.output
-    recs = ResultStore(DB).records()  # the workers wrote JSON only; the launcher indexed them
-    assert sorted(x["config"]["defense"]["name"] for x in recs) == ["bido", "none"]
     cells = make_cells(args[1:7])
     state = SweepState.for_cells(cells)
+    launcher = subprocess.Popen([sys.executable, "-m", "mi_bench.cli", *args, "--launcher", "slurm", "--wait"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # preempt the first cell while it runs: submitit checkpoints it and the job is requeued
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        st = state.read(cells[0].hash) or {}
+        if st.get("status") == "running":
+            os.kill(st["pid"], LocalJobEnvironment._usr_sig())
+            break
+        time.sleep(0.05)
+    out = launcher.communicate(timeout=300)[0]
+    assert launcher.returncode == 0, out
+    recs = ResultStore(DB).records()  # the workers wrote JSON only; the launcher indexed them
+    assert sorted(x["config"]["defense"]["name"] for x in recs) == ["bido", "none"]
     for c in cells:
         st = state.read(c.hash)
         assert st["status"] == "done" and st["job_id"] and Path(st["log"]).is_file()  # a log per cell
+    assert state.read(cells[0].hash)["attempts"] == 2  # preempted once, requeued, finished
+    job_log = Path(state.read(cells[0].hash)["log"]).read_text()
+    assert "Calling checkpoint method" in job_log and "Requeued job" in job_log
     assert all(n == 1 for n in _trainings(recs).values())
     assert "2 done of 2 cells" in invoke(*args, "--status").output
 
