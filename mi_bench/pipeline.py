@@ -118,6 +118,8 @@ def artifact_plan(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, st
     A user checkpoint (``target_checkpoint``) is not a cache artifact and is left out."""
     plan: dict[str, tuple[str, str]] = {}
     if cfg.target_checkpoint:
+        if not Path(cfg.target_checkpoint).is_file():
+            raise ArtifactError(f"checkpoint {cfg.target_checkpoint} does not exist: check target_checkpoint=...")
         target_key = "file:" + sha256_file(Path(cfg.target_checkpoint))[:16]
     else:
         target_key = stable_hash(target_spec(cfg, splits))
@@ -318,7 +320,7 @@ class Runner:
                 ResultStore(cfg.results_db).append(record)
             except ResultsError as exc:
                 raise ResultsError(f"{exc} - the run's record is safe in {path}; index it later with "
-                                   f"'mi-bench db rebuild --db {cfg.results_db} --runs {cfg.results_dir}'") from None
+                                   f"'mi-bench db sync --db {cfg.results_db} --runs {cfg.results_dir}'") from None
         return record
 
     def _grid(self, path: Path, splits: DataSplits, inversion, metrics) -> Path | None:

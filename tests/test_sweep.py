@@ -5,24 +5,13 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from mi_bench.cli import cli
 from mi_bench.results import ResultStore
 from mi_bench.sweep import SweepState, expand, make_cells
 
+from test_cli import env, invoke  # noqa: F401 - the same fixture (tmp cache and cwd) and CLI call
+
 DB = "results/mi_bench.sqlite"
-
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def _trainings(records):
