@@ -8,21 +8,38 @@ file in the same folder, fsync, rename; ``meta.json`` - which holds the SHA-256 
 file - is written last, so a half-written artifact is never seen as present). Loading verifies
 the checksum and never executes code: safetensors, or ``torch.load(weights_only=True)`` for
 user-supplied ``.pt`` files.
+
+Many processes, one cache (:meth:`ArtifactStore.load_or_build`): building an artifact holds a
+per-artifact lock, ``<cache>/<kind>/<key>.lock`` (``filelock``: an OS lock, ``flock``, which the
+kernel releases when its process dies, so a killed process never leaves a stale lock). Cells of
+a sweep that need the same target, evaluator or prior therefore train it once; the others wait
+for the lock, then load it. The lock needs a file system with working ``flock`` (local disks,
+NFSv4, Lustre mounted with ``-o flock``, GPFS).
+
+The cache is derived data: a cached artifact that cannot be read or fails its checksum is moved
+aside to ``<key>.corrupt-<UTC time>`` (kept for inspection) and rebuilt, with a warning.
+Temporary files of a killed writer are removed when the artifact is next built, and at the start
+of every run (:func:`mi_bench.fsutil.sweep_tmp`). A user-supplied checkpoint is never "rebuilt":
+a bad one is refused with an error.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
 import os
-import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from mi_bench.fsutil import atomic_write, sweep_tmp
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +49,10 @@ META = "meta.json"
 
 class ArtifactError(RuntimeError):
     """A checkpoint or cached artifact cannot be used; the message names the file and the fix."""
+
+
+class ArtifactCorrupt(ArtifactError):
+    """A cached artifact cannot be read or fails its checksum (the cache moves it aside)."""
 
 
 def resolve_cache_dir(configured: str) -> Path:
@@ -47,18 +68,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_atomic_write = atomic_write  # kept for existing imports
 
 
 class ArtifactStore:
@@ -76,27 +86,89 @@ class ArtifactStore:
         """Store an artifact atomically; returns the SHA-256 of its tensor file."""
         d = self.dir(kind, key)
         flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        _atomic_write(d / TENSORS, lambda p: save_file(flat, p))
+        atomic_write(d / TENSORS, lambda p: save_file(flat, p))
         digest = sha256_file(d / TENSORS)
         full = {**meta, "kind": kind, "key": key, "sha256": digest}
-        _atomic_write(d / META, lambda p: Path(p).write_text(json.dumps(full, indent=2, default=str)))
+        atomic_write(d / META, lambda p: Path(p).write_text(json.dumps(full, indent=2, default=str)))
         return digest
 
     def load(self, kind: str, key: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Load and verify a cached artifact; :class:`ArtifactCorrupt` when it is unusable."""
         d = self.dir(kind, key)
         try:
             meta = json.loads((d / META).read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(
-                f"cached {kind} {key} has an unreadable {META} ({exc}): delete {d} and re-run to rebuild it"
-            ) from None
-        digest = sha256_file(d / TENSORS)
+            raise ArtifactCorrupt(f"cached {kind} {key} has an unreadable {META} ({exc})") from None
+        try:
+            digest = sha256_file(d / TENSORS)
+        except OSError as exc:
+            raise ArtifactCorrupt(f"cached {kind} {key}: cannot read {d / TENSORS} ({exc})") from None
         if digest != meta.get("sha256"):
+            raise ArtifactCorrupt(f"cached {kind} {key} is corrupt (checksum mismatch in {d / TENSORS})")
+        try:
+            return load_file(str(d / TENSORS)), meta
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ArtifactCorrupt(f"cached {kind} {key}: {d / TENSORS} is not a valid safetensors file ({exc})") from None
+
+    # -- many processes ---------------------------------------------------------------------
+    def lock(self, kind: str, key: str) -> FileLock:
+        """The per-artifact lock (an OS lock: released by the kernel when its holder dies)."""
+        path = self.root / kind / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path))
+
+    def quarantine(self, kind: str, key: str, reason: str) -> Path | None:
+        """Move an unusable cached artifact aside to ``<key>.corrupt-<time>``; returns its new path."""
+        d = self.dir(kind, key)
+        if not d.exists():
+            return None
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        dest = d.with_name(f"{key}.corrupt-{stamp}")
+        try:
+            os.replace(d, dest)
+        except OSError as exc:
             raise ArtifactError(
-                f"cached {kind} {key} is corrupt (checksum mismatch in {d / TENSORS}): "
-                f"delete {d} and re-run to rebuild it"
-            )
-        return _load_safetensors(d / TENSORS), meta
+                f"{reason}; it could not be moved aside ({exc.strerror or exc}): delete {d} and re-run"
+            ) from None
+        log.warning("%s: moved it aside to %s and rebuilding it", reason, dest)
+        return dest
+
+    def load_or_build(
+        self, kind: str, key: str,
+        build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any], bool]:
+        """Load the artifact, or build and save it once however many processes ask at once.
+
+        ``build()`` returns ``(tensors, meta)``. Returns ``(tensors, meta, cached)``; ``meta``
+        holds ``sha256``. Corrupt cached copies are quarantined and rebuilt."""
+        if self.exists(kind, key):  # fast path, no lock: complete artifacts never change
+            try:
+                tensors, meta = self.load(kind, key)
+                return tensors, meta, True
+            except ArtifactCorrupt:
+                pass  # handled under the lock below
+        lock = self.lock(kind, key)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("%s %s is being built by another process; waiting for it (lock %s)",
+                     kind, key, lock.lock_file)
+            t0 = time.perf_counter()
+            lock.acquire()
+            log.info("%s %s: waited %.0fs", kind, key, time.perf_counter() - t0)
+        try:
+            if self.exists(kind, key):
+                try:
+                    tensors, meta = self.load(kind, key)
+                    return tensors, meta, True
+                except ArtifactCorrupt as exc:
+                    self.quarantine(kind, key, str(exc))
+            sweep_tmp(self.dir(kind, key), everything=True)  # we hold the lock: all are stale
+            tensors, meta = build()
+            meta = {**meta, "sha256": self.save(kind, key, tensors, meta)}
+            return tensors, meta, False
+        finally:
+            lock.release()
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -104,8 +176,8 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ArtifactError(
-            f"{path} is not a valid safetensors file ({exc}); delete it and re-run, or supply "
-            "a checkpoint saved with safetensors or torch.save(state_dict)"
+            f"{path} is not a valid safetensors file ({exc}); supply a checkpoint saved with "
+            "safetensors or torch.save(state_dict)"
         ) from None
 
 

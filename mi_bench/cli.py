@@ -3,38 +3,43 @@
     mi-bench run defense=bido attack=gmi            # train, attack, score, store, show
     mi-bench run dataset=mnist preset=quick seed=3 defense.lambda_y=1.0 --json
     mi-bench sweep defense=bido defense.lambda_y=0.5,1,2 seed=0,1
+    mi-bench sweep defense=none,bido attack=gmi,kedmi --workers 2      # seeds 0,1,2
+    mi-bench sweep defense=none,bido attack=gmi,kedmi --status
+    mi-bench db rebuild
     mi-bench show-config defense=bido-coco
     mi-bench list
     mi-bench leaderboard --format markdown
 
-Every user mistake exits with status 2 and one ``error:`` line on stderr before work starts.
+Every user mistake exits with status 2 and one ``error:`` line on stderr before work starts
+(bad config, missing or corrupt data, a results path that is not a database or not writable,
+a full disk). A run that fails during its work (training diverged, the disk filled up) exits
+with status 1 and one ``error:`` line; a sweep whose cells failed exits with status 1 after
+running all the others.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from mi_bench.artifacts import ArtifactError
-from mi_bench.config import ConfigError, RunConfig, compose, config_hash, to_dict, to_yaml
-from mi_bench.data import DataUnavailable
-from mi_bench.registry import REGISTRIES, RegistryError
+from mi_bench.config import RunConfig, compose, to_yaml
+from mi_bench.registry import REGISTRIES
 from mi_bench.runtime import Bars, console, setup_logging
+from mi_bench.sweep import USER_ERRORS, failure_line
 
 log = logging.getLogger("mi_bench")
 
-USER_ERRORS = (ConfigError, DataUnavailable, ArtifactError, RegistryError)
 
-
-def _fail(msg: str) -> None:
+def _fail(msg: str, status: int = 2) -> None:
     console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _compose(overrides: tuple[str, ...]) -> RunConfig:
@@ -97,6 +102,8 @@ def _run_one(cfg: RunConfig, quiet: bool) -> dict:
         _fail(str(exc))
     except ValueError as exc:  # bad values caught at run time (e.g. classes, checkpoint shape)
         _fail(str(exc))
+    except (FloatingPointError, OSError) as exc:  # diverged; disk full while writing
+        _fail(failure_line(exc), status=1)
     raise AssertionError("unreachable")
 
 
@@ -124,34 +131,193 @@ def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
         console.print(_summary_table(rec))
 
 
-def _expand(token: str) -> list[str]:
-    key, _, value = token.partition("=")
-    if not value or value.startswith("[") or "," not in value:
-        return [token]
-    return [f"{key}={v}" for v in value.split(",")]
-
-
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1)
-@click.option("--force", is_flag=True, help="re-run configurations that already have a record")
+@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: this machine; slurm: one job array through submitit (resources: slurm.*)")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="local launcher: cells run at once, each in its own process")
+@click.option("--dry-run", is_flag=True, help="list the cells, which have records, and the artifacts each would train")
+@click.option("--status", "show_status", is_flag=True, help="show done / running / failed / pending cells")
+@click.option("--retry-failed", is_flag=True, help="run again the cells that failed before")
+@click.option("--force", is_flag=True, help="re-run cells that already have a record")
+@click.option("--wait/--no-wait", default=False, help="slurm: wait for the jobs, then index their records")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def sweep(overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
+def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool, show_status: bool,
+          retry_failed: bool, force: bool, wait: bool, quiet: bool) -> None:
     """Run the cartesian product of comma-separated values (``defense.lambda_y=0.5,1,2``).
 
-    A configuration whose record already exists (same config hash) is skipped, so an
-    interrupted sweep resumes where it stopped."""
-    from mi_bench.results import ResultStore
+    \b
+    Without seed=..., every cell runs with seeds 0, 1 and 2: a comparison against a matched
+    baseline needs at least three seeds.
+    A cell whose record exists (same config hash) is skipped, so an interrupted sweep resumes
+    where it stopped; a failed cell is recorded (config and error), the others go on, and
+    --retry-failed runs it again. Artifacts shared by cells (evaluator, GMI prior) are trained
+    once, also by parallel workers or Slurm tasks.
+    \b
+    Examples:
+      mi-bench sweep defense=none,bido attack=gmi,kedmi --dry-run
+      mi-bench sweep defense=none,bido attack=gmi,kedmi --workers 2
+      mi-bench sweep defense=mid defense.beta=0.01,0.1 --launcher slurm slurm.partition=gpu slurm.gpus=1 device=cuda
+      mi-bench sweep defense=mid defense.beta=0.01,0.1 --status
+    """
+    from mi_bench import sweep as sw
+    from mi_bench.fsutil import sweep_tmp
+    from mi_bench.results import ResultStore, preflight
 
-    combos = [list(c) for c in itertools.product(*[_expand(t) for t in overrides])]
-    cfgs = [_compose(tuple(c)) for c in combos]  # validate everything before any work
-    for i, (tokens, cfg) in enumerate(zip(combos, cfgs), 1):
-        if not force and ResultStore(cfg.results_db).has_config(config_hash(to_dict(cfg))):
-            log.info("[%d/%d] %s: record exists, skipped", i, len(cfgs), " ".join(tokens))
-            continue
-        log.info("[%d/%d] %s", i, len(cfgs), " ".join(tokens))
-        rec = _run_one(cfg, quiet)
-        m = rec["metrics"]
-        log.info("  target acc %.3f, attack acc %.3f (%.1fs)", m["target_acc"], m["attack_acc"], rec["wall_seconds"])
+    try:
+        cells = sw.make_cells(overrides)  # validate everything before any work
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    state = sw.SweepState.for_cells(cells)
+    cfg0 = cells[0].cfg
+    store = ResultStore(cfg0.results_db)
+    if show_status:
+        _sweep_status(state, cells, store)
+        return
+    if dry_run:
+        _sweep_dry_run(state, cells, store)
+        return
+    try:
+        preflight(cfg0)  # the results database and folders work, before any training
+        indexed = store.config_hashes()
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    sweep_tmp(state.folder, depth=2)  # state files a killed launcher or worker left half-written
+    state.write_manifest(cells, overrides)
+    todo, skipped = [], {"done": 0, "failed": 0, "running": 0}
+    for c in cells:
+        status, _ = state.status(c.hash, indexed)
+        if force or status in ("pending", "interrupted") or (status == "failed" and retry_failed):
+            todo.append(c)
+        elif status in ("queued", "running"):
+            skipped["running"] += 1
+        else:
+            skipped[status] += 1
+    log.info("sweep %s: %d cells; %d to run, %d done, %d failed (skipped%s), %d running elsewhere",
+             state.sweep_id, len(cells), len(todo), skipped["done"], skipped["failed"],
+             "" if not skipped["failed"] else "; --retry-failed runs them", skipped["running"])
+    if not todo:
+        return
+    results: dict[str, str] = {}
+    if launcher == "slurm":
+        try:
+            jobs = sw.launch_slurm(state, todo, force=force)
+        except Exception as exc:  # noqa: BLE001 - sbatch missing, submission refused, ...
+            _fail(f"Slurm submission failed: {failure_line(exc)}")
+        if not wait:
+            log.info("'mi-bench sweep %s --status' shows progress and indexes finished records",
+                     " ".join(overrides))
+            return
+        for job in jobs:
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - the job itself died (the cell state says more)
+                log.debug("job %s: %s", job.job_id, exc)
+        sw.index_done(state, todo, cfg0.results_db)
+        results = {c.hash: state.status(c.hash, store.config_hashes())[0] for c in todo}
+        for k, c in enumerate(todo, 1):
+            sw.report_cell(state, c, results[c.hash], (state.read(c.hash) or {}).get("seconds") or 0, k, len(todo))
+    elif workers > 1:
+        needs = _needs(cells=todo)
+        results = sw.launch_local(state, todo, workers, needs=needs, force=force)
+    else:
+        for k, c in enumerate(todo, 1):
+            log.info("[%d/%d] %s", k, len(todo), c.label)
+            t0 = time.perf_counter()
+            with Bars(enabled=not quiet) as bars:
+                results[c.hash] = sw.run_cell(state.folder, c.hash, bars=bars, force=force)
+            sw.report_cell(state, c, results[c.hash], time.perf_counter() - t0, k, len(todo))
+    failed = [h for h, s in results.items() if s == "failed"]
+    if failed:
+        _fail(f"{len(failed)} of {len(todo)} cells failed (the others ran); 'mi-bench sweep "
+              f"{' '.join(overrides)} --status' lists them and --retry-failed runs them again", status=1)
+
+
+def _needs(cells: list) -> dict[str, set]:
+    """The artifacts each cell would train (not cached yet)."""
+    from mi_bench import sweep as sw
+
+    try:
+        plans = sw.plan_cells(cells)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    cached = sw.cached_artifacts(cells, plans)
+    return {h: {a for a in p.values() if a not in cached} for h, p in plans.items()}
+
+
+def _sweep_status(state, cells: list, store) -> None:
+    from rich.console import Console
+
+    from mi_bench import sweep as sw
+
+    try:
+        added = sw.index_done(state, cells, store.path) if state.folder.is_dir() else 0
+        indexed = store.config_hashes()
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    if added:
+        log.info("indexed %d finished record(s) into %s", added, store.path)
+    t = Table(title=f"sweep {state.sweep_id} ({state.folder})", title_justify="left")
+    for col in ("status", "cell", "hash", "details"):
+        t.add_column(col, overflow="fold")
+    counts: dict[str, int] = {}
+    for c in cells:
+        status, st = state.status(c.hash, indexed)
+        counts[status] = counts.get(status, 0) + 1
+        if status == "failed":
+            details = f"{st.get('error')} (attempts {st.get('attempts', 1)}; log {st.get('log')})"
+        elif status in ("running", "queued"):
+            details = f"host {st.get('host', '?')} pid {st.get('pid', '?')} job {st.get('job_id')} log {st.get('log')}"
+        elif status == "done":
+            details = f"run {st.get('run_id', '(in database)')}"
+        elif status == "interrupted":
+            details = f"started {st.get('started_at')}, its process is gone; runs again next time"
+        else:
+            details = ""
+        t.add_row(status, c.label, c.hash, details)
+    out = Console()
+    out.print(t)
+    out.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" of {len(cells)} cells")
+
+
+def _sweep_dry_run(state, cells: list, store) -> None:
+    from rich.console import Console
+
+    from mi_bench import sweep as sw
+
+    try:
+        indexed = store.config_hashes() if store.path.is_file() else set()
+        plans = sw.plan_cells(cells)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    cached = sw.cached_artifacts(cells, plans)
+    needs = {h: {a for a in p.values() if a not in cached} for h, p in plans.items()}
+    order = sw.order_cells(cells, needs)
+    t = Table(title=f"sweep {state.sweep_id}: {len(cells)} cells, in launch order", title_justify="left")
+    for col in ("#", "status", "cell", "artifacts (trained by this cell, shared, cached)"):
+        t.add_column(col, overflow="fold")
+    trained_by: dict = {}
+    for i, c in enumerate(order, 1):
+        status, _ = state.status(c.hash, indexed)
+        parts = []
+        for stage, a in plans[c.hash].items():
+            if a in cached:
+                parts.append(f"{stage} {a[1]} cached")
+            elif status == "done":
+                parts.append(f"{stage} {a[1]} -")
+            elif a in trained_by:
+                parts.append(f"{stage} {a[1]} from cell #{trained_by[a]}")
+            else:
+                trained_by[a] = i
+                parts.append(f"[bold]{stage} {a[1]} TRAIN[/]")
+        t.add_row(str(i), "has record" if status == "done" else status, c.label, "; ".join(parts))
+    out = Console()
+    out.print(t)
+    runs = sum(1 for c in cells if state.status(c.hash, indexed)[0] != "done")
+    kinds = Counter(a[0] for a in trained_by)
+    out.print(f"{len(cells) - runs} of {len(cells)} cells have records; {runs} would run and train "
+              f"{len(trained_by)} artifacts ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items())) or 'none'})")
 
 
 @cli.command("show-config", context_settings={"ignore_unknown_options": True})
@@ -186,17 +352,23 @@ def list_cmd() -> None:
 
 @cli.command()
 @click.option("--db", default="results/mi_bench.sqlite", show_default=True, help="results database")
+@click.option("--records", type=click.Path(exists=True, path_type=Path),
+              help="read run records instead of a database: a .jsonl file (mi-bench db export) or a "
+                   "folder of run folders holding record.json")
 @click.option("--format", "fmt", default="table",
               type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
-def leaderboard(db: str, fmt: str, output: Path | None, plot: Path | None) -> None:
+def leaderboard(db: str, records: Path | None, fmt: str, output: Path | None, plot: Path | None) -> None:
     """Stored results grouped over seeds (mean ± standard error)."""
-    from mi_bench.results import HEADERS, PROTOCOL_NOTE, ResultStore, leaderboard as board, render, table_rows
+    from mi_bench.results import HEADERS, PROTOCOL_NOTE, leaderboard as board, load_records, render, table_rows
 
-    if not Path(db).is_file():
-        _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH")
-    rows = board(ResultStore(db).records())
+    if records is None and not Path(db).is_file():
+        _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH / --records PATH")
+    try:
+        rows = board(load_records(records or db))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
     if plot:
         from mi_bench.viz import tradeoff_plot
         tradeoff_plot(plot, rows, "accuracy vs leakage")
@@ -216,6 +388,69 @@ def leaderboard(db: str, fmt: str, output: Path | None, plot: Path | None) -> No
         log.info("wrote %s", output)
     else:
         click.echo(text, nl=False)
+
+
+@cli.group()
+def db() -> None:
+    """The results database: an index of the runs' record.json files.
+
+    \b
+    Each run writes its record as <results_dir>/<run_id>/record.json first; the SQLite database
+    indexes these files. Keep the database on a local disk (SQLite's locking is not reliable on
+    NFS or Lustre); on a cluster the JSON files are the source of truth.
+    """
+
+
+@db.command("rebuild")
+@click.option("--db", "db_path", default="results/mi_bench.sqlite", show_default=True, help="database to (re)create")
+@click.option("--runs", default="results/runs", show_default=True, type=click.Path(path_type=Path),
+              help="folder of run folders (results_dir)")
+def db_rebuild(db_path: str, runs: Path) -> None:
+    """Recreate the database from the record.json files (a broken database is moved aside)."""
+    from mi_bench.results import ResultStore
+
+    if not runs.is_dir():
+        _fail(f"no run folders at {runs}: pass --runs RESULTS_DIR")
+    try:
+        n, moved = ResultStore(db_path).rebuild(runs)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    if moved:
+        log.warning("the old database could not be opened; moved it to %s", moved)
+    log.info("indexed %d records from %s into %s", n, runs, db_path)
+
+
+@db.command("sync")
+@click.option("--db", "db_path", default="results/mi_bench.sqlite", show_default=True)
+@click.option("--runs", default="results/runs", show_default=True, type=click.Path(path_type=Path))
+def db_sync(db_path: str, runs: Path) -> None:
+    """Index the record.json files the database does not hold yet (e.g. from Slurm workers)."""
+    from mi_bench.results import ResultStore
+
+    try:
+        n = ResultStore(db_path).sync(runs)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    log.info("indexed %d new record(s) from %s into %s", n, runs, db_path)
+
+
+@db.command("export")
+@click.option("--db", "db_path", default="results/mi_bench.sqlite", show_default=True,
+              help="a database, a .jsonl file or a folder of run folders")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON-lines file: one record a line")
+def db_export(db_path: str, output: Path) -> None:
+    """Write every record as JSON lines (the form the repository keeps its results in)."""
+    from mi_bench.fsutil import atomic_write
+    from mi_bench.results import dump_jsonl, load_records
+
+    try:
+        recs = load_records(db_path)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    text = dump_jsonl(recs)
+    atomic_write(output, lambda p: Path(p).write_text(text))
+    log.info("wrote %d records to %s", len(recs), output)
 
 
 def main() -> None:

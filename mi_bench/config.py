@@ -51,6 +51,27 @@ class EvalConfig:
     grid_real: int = param(4, ge=0, le=16, help="real private images per class in the image grid")
 
 
+@dataclass
+class SlurmConfig:
+    """Resources of each cell's job under ``mi-bench sweep --launcher slurm`` (submitit).
+    Where and how a cell runs, never what it computes: left out of every hash."""
+
+    partition: str = param("", help="Slurm partition ('' = the cluster's default)")
+    time_min: int = param(120, ge=1, help="wall-time limit of a cell's job in minutes; a cell that "
+                          "reaches it (or is preempted) is requeued and resumes from cached artifacts")
+    gpus: int = param(0, ge=0, le=16, help="GPUs per cell")
+    cpus: int = param(2, ge=1, le=256, help="CPU cores per cell (also its threads= unless set)")
+    mem_gb: float = param(16.0, ge=0.0, help="memory per cell, GB (0 = the cluster's default)")
+    array_parallelism: int = param(16, ge=1, help="cells of the job array running at once")
+    max_requeues: int = param(3, ge=0, le=100, help="requeues after preemption or time-out")
+    account: str = param("", help="Slurm account ('' = default)")
+    qos: str = param("", help="Slurm quality of service ('' = default)")
+    constraint: str = param("", help="Slurm node constraint, e.g. a GPU type ('' = none)")
+    cluster: str = param("slurm", choices=("slurm", "local", "debug"),
+                         help="submitit executor: slurm; local/debug run the same job array on "
+                         "this machine (tests and trying a sweep without a cluster)")
+
+
 def _evaluator_default() -> TrainConfig:
     return TrainConfig(model="scnn", epochs=30, lr=0.01)
 
@@ -76,6 +97,7 @@ class RunConfig:
     defense: Any = None
     attack: Any = None
     eval: EvalConfig = param(default_factory=EvalConfig)
+    slurm: SlurmConfig = param(default_factory=SlurmConfig)
 
 
 # -- YAML groups -----------------------------------------------------------------------------
@@ -272,7 +294,7 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 # Fields that do not change what a run computes (where or how fast it runs, where it writes).
-NON_SEMANTIC = ("threads", "device", "data_root", "cache_dir", "results_db", "results_dir")
+NON_SEMANTIC = ("threads", "device", "data_root", "cache_dir", "results_db", "results_dir", "slurm")
 
 
 def config_hash(config: dict[str, Any], drop: tuple[str, ...] = ()) -> str:

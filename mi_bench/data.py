@@ -245,10 +245,43 @@ load_digits_splits.summary = "scikit-learn 8x8 digits upscaled to 32x32; bundled
 load_digits_splits.paper = "Alpaydin & Kaynak 1998 (UCI optical digits)"  # type: ignore[attr-defined]
 
 
+# name -> (idx magic number, item count, exact file size) of the four uncompressed MNIST files
+MNIST_FILES = {
+    "train-images-idx3-ubyte": (2051, 60000, 16 + 60000 * 28 * 28),
+    "train-labels-idx1-ubyte": (2049, 60000, 8 + 60000),
+    "t10k-images-idx3-ubyte": (2051, 10000, 16 + 10000 * 28 * 28),
+    "t10k-labels-idx1-ubyte": (2049, 10000, 8 + 10000),
+}
+
+
+def check_mnist_files(raw: Path) -> None:
+    """Refuse a truncated or corrupt MNIST idx file with its expected size (files that are
+    absent are left to the loader, which downloads them or says where to put them)."""
+    for name, (magic, count, size) in MNIST_FILES.items():
+        path = raw / name
+        if not path.is_file():
+            continue
+        actual = path.stat().st_size
+        fix = "replace it with a fresh copy (or delete it and let mi-bench download it)"
+        if actual < size:
+            raise DataUnavailable(
+                f"MNIST file {path} is truncated: {actual:,} bytes, expected {size:,} bytes "
+                f"({count:,} items); {fix}")
+        with open(path, "rb") as f:
+            head = f.read(8)
+        found_magic, found_count = int.from_bytes(head[:4], "big"), int.from_bytes(head[4:8], "big")
+        if actual != size or found_magic != magic or found_count != count:
+            raise DataUnavailable(
+                f"MNIST file {path} is corrupt: {actual:,} bytes, magic {found_magic}, {found_count:,} "
+                f"items; expected {size:,} bytes, magic {magic}, {count:,} items; {fix}")
+
+
 @DATASETS.register("mnist")
 def load_mnist_splits(cfg: DatasetConfig, root: Path) -> DataSplits:
     """MNIST under the BiDO/KED-MI protocol (private 0-4, public 5-9), 32x32."""
     from torchvision.datasets import MNIST
+
+    check_mnist_files(Path(root) / "MNIST" / "raw")
 
     def load(train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         try:

@@ -8,7 +8,13 @@ Stages and their cache keys (``mi_bench.artifacts``):
 * prior     - attack name and ``prior_version``, the attack fields marked ``prior=True``,
               public-set content hash, image shape, run seed, and the target's key when the
               attack trains its prior against the target (KED-MI, PLG-MI).
-Nothing else (threads, device, inversion settings, paths) enters a key.
+Nothing else (threads, device, inversion settings, paths) enters a key. ``artifact_plan`` computes
+the keys without training (``mi-bench sweep --dry-run``). Each artifact is built under its cache
+lock, so concurrent runs that need it train it once.
+
+Storing: before any training the results database, the results folder and the cache are checked
+(``results.preflight``); at the end the record is written as ``record.json`` in the run folder
+first, then indexed in the database, so a finished run never loses its record.
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from mi_bench.metrics import METRICS_PROTOCOL, score_inversion
 from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
-from mi_bench.results import ResultStore, json_safe
-from mi_bench.runs import GRID, run_dir, save_reconstructions
+from mi_bench.results import ResultStore, ResultsError, json_safe, preflight
+from mi_bench.runs import GRID, run_dir, save_reconstructions, write_record
 from mi_bench.runtime import NULL_BARS, Bars, resolve_device, set_threads
 from mi_bench.train import accuracy, train_classifier
 from mi_bench.viz import save_grid
@@ -75,10 +81,66 @@ def _target_factory(cfg: RunConfig, splits: DataSplits):
                                pretrained_sha256=t.pretrained_sha256, what="target")
 
 
+# -- artifact keys (computed without training: ``mi-bench sweep --dry-run`` uses them) ----------
+
+def target_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
+    return {
+        "stage": "target", "version": TARGET_VERSION,
+        "data": splits.fingerprint(("private_train", "private_val")),
+        "train": to_dict(cfg.target), "defense": to_dict(cfg.defense), "seed": cfg.seed,
+    }
+
+
+def evaluator_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
+    return {
+        "stage": "evaluator", "version": EVALUATOR_VERSION,
+        "data": splits.fingerprint(("eval_train", "eval_val")),
+        "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed,
+    }
+
+
+def prior_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str, Any] | None:
+    """None when the attack trains no prior."""
+    attack_cls = ATTACKS.get(cfg.attack.name)
+    req = attack_cls.requirements
+    if req.prior == "none":
+        return None
+    spec: dict[str, Any] = {
+        "stage": "prior", "attack": cfg.attack.name, "version": attack_cls.prior_version,
+        "prior": prior_fields(cfg.attack), "public": splits.fingerprint(("public",)),
+        "image_shape": list(splits.image_shape), "seed": cfg.seed,
+    }
+    if req.prior == "per_target":
+        spec["target"] = target_key
+    return spec
+
+
+def artifact_plan(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, str]]:
+    """``{stage: (cache kind, key)}`` of the artifacts a run of ``cfg`` trains or loads.
+
+    A user checkpoint (``target_checkpoint``) is not a cache artifact and is left out."""
+    plan: dict[str, tuple[str, str]] = {}
+    if cfg.target_checkpoint:
+        if not Path(cfg.target_checkpoint).is_file():
+            raise ArtifactError(f"checkpoint {cfg.target_checkpoint} does not exist: check target_checkpoint=...")
+        target_key = "file:" + sha256_file(Path(cfg.target_checkpoint))[:16]
+    else:
+        target_key = stable_hash(target_spec(cfg, splits))
+        plan["target"] = ("target", target_key)
+    plan["evaluator"] = ("evaluator", stable_hash(evaluator_spec(cfg, splits)))
+    spec = prior_spec(cfg, splits, target_key)
+    if spec is not None:
+        plan["prior"] = (f"prior-{cfg.attack.name}", stable_hash(spec))
+    return plan
+
+
 class Runner:
-    def __init__(self, cfg: RunConfig, bars: Bars = NULL_BARS) -> None:
+    def __init__(self, cfg: RunConfig, bars: Bars = NULL_BARS, *, index: bool = True) -> None:
+        """``index=False``: write the run's ``record.json`` but leave the SQLite index alone
+        (Slurm workers on other hosts; the submitting host indexes their records)."""
         self.cfg = cfg
         self.bars = bars
+        self.index = index
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.store = ArtifactStore(resolve_cache_dir(cfg.cache_dir))
@@ -94,21 +156,24 @@ class Runner:
                           *, seed: int, defense: Defense | None) -> tuple[torch.nn.Module, dict]:
         key = stable_hash(key_spec)
         t0 = time.perf_counter()
-        if self.store.exists(kind, key):
-            state, meta = self.store.load(kind, key)
+        trained: dict[str, torch.nn.Module] = {}
+
+        def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            res = train_classifier(make, train, val, tcfg, seed=seed, defense=defense,
+                                   device=self.device, bars=self.bars, desc=f"train {kind}")
+            trained["model"] = res.model
+            return res.model.state_dict(), {
+                "spec": key_spec, "history": res.history, "best_epoch": res.best_epoch,
+                "val_acc": res.val_acc, "defense_report": res.defense_report}
+
+        state, meta, cached = self.store.load_or_build(kind, key, build)
+        if cached:
             model = (defense.build_model(make()) if defense else make()).to(self.device)
             model.load_state_dict(state)
             log.info("%s: cached %s - no training", kind, key)
-            cached = True
         else:
-            res = train_classifier(make, train, val, tcfg, seed=seed, defense=defense,
-                                   device=self.device, bars=self.bars, desc=f"train {kind}")
-            model = res.model
-            meta = {"spec": key_spec, "history": res.history, "best_epoch": res.best_epoch,
-                    "val_acc": res.val_acc, "defense_report": res.defense_report}
-            meta["sha256"] = self.store.save(kind, key, model.state_dict(), meta)
+            model = trained["model"]
             self.trained.append(kind)
-            cached = False
         model.eval()
         self._timed(kind, t0)
         info = {"key": key, "sha256": meta["sha256"], "cached": cached,
@@ -138,12 +203,7 @@ class Runner:
                                         "cached": True, "path": str(cfg.target_checkpoint)}
             self._timed("target", t0)
             return model.eval()
-        spec = {
-            "stage": "target", "version": TARGET_VERSION,
-            "data": splits.fingerprint(("private_train", "private_val")),
-            "train": to_dict(cfg.target), "defense": to_dict(cfg.defense), "seed": cfg.seed,
-        }
-        model, _ = self._classifier_stage("target", spec, make, splits.private_train,
+        model, _ = self._classifier_stage("target", target_spec(cfg, splits), make, splits.private_train,
                                           splits.private_val, cfg.target, seed=cfg.seed,
                                           defense=defense)
         return model
@@ -155,42 +215,32 @@ class Runner:
         make = lambda: build_model(e.model, num_classes=splits.num_domain_classes,  # noqa: E731
                                    in_channels=c, width=e.width, pretrained=e.pretrained,
                                    pretrained_sha256=e.pretrained_sha256, what="evaluator")
-        spec = {
-            "stage": "evaluator", "version": EVALUATOR_VERSION,
-            "data": splits.fingerprint(("eval_train", "eval_val")),
-            "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed,
-        }
-        model, _ = self._classifier_stage("evaluator", spec, make, splits.eval_train,
+        model, _ = self._classifier_stage("evaluator", evaluator_spec(cfg, splits), make, splits.eval_train,
                                           splits.eval_val, cfg.evaluator, seed=cfg.eval_seed,
                                           defense=None)
         return model
 
     def prior(self, attack: Attack, splits: DataSplits, target: torch.nn.Module) -> dict[str, torch.Tensor]:
         req = attack.requirements
-        if req.prior == "none":
+        spec = prior_spec(self.cfg, splits, self.artifacts["target"]["key"])
+        if spec is None:
             return {}
-        spec: dict[str, Any] = {
-            "stage": "prior", "attack": attack.name, "version": attack.prior_version,
-            "prior": prior_fields(attack.cfg), "public": splits.fingerprint(("public",)),
-            "image_shape": list(splits.image_shape), "seed": self.cfg.seed,
-        }
-        if req.prior == "per_target":
-            spec["target"] = self.artifacts["target"]["key"]
         key = stable_hash(spec)
         kind = f"prior-{attack.name}"
         t0 = time.perf_counter()
-        if self.store.exists(kind, key):
-            tensors, meta = self.store.load(kind, key)
-            log.info("%s prior: cached %s - no training", attack.name, key)
-            cached = True
-        else:
+
+        def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors = attack.train_prior(
                 splits.public[0], target if req.prior == "per_target" else None,
                 seed=self.cfg.seed, progress=self.bars,
             )
-            meta = {"spec": spec, "sha256": self.store.save(kind, key, tensors, {"spec": spec})}
+            return tensors, {"spec": spec}
+
+        tensors, meta, cached = self.store.load_or_build(kind, key, build)
+        if cached:
+            log.info("%s prior: cached %s - no training", attack.name, key)
+        else:
             self.trained.append("prior")
-            cached = False
         self._timed("prior", t0)
         self.artifacts["prior"] = {"key": key, "sha256": meta["sha256"], "cached": cached,
                                    "shared_across_targets": req.prior == "shared"}
@@ -210,6 +260,7 @@ class Runner:
             raise ValueError(
                 f"classes={bad} are not private classes: use indices 0..{splits.num_private_classes - 1}"
             )
+        preflight(cfg, index=self.index)  # before any training: where the results go is usable
         target = self.target(splits)
         evaluator = self.evaluator(splits)
         t0 = time.perf_counter()
@@ -270,7 +321,13 @@ class Runner:
             "machine": machine(cfg, self.device),
         }
         record = json_safe(record)
-        ResultStore(cfg.results_db).append(record)
+        path = write_record(out_dir, record)  # first: the source of truth, never lost
+        if self.index:
+            try:
+                ResultStore(cfg.results_db).append(record)
+            except ResultsError as exc:
+                raise ResultsError(f"{exc} - the run's record is safe in {path}; index it later with "
+                                   f"'mi-bench db sync --db {cfg.results_db} --runs {cfg.results_dir}'") from None
         return record
 
     def _grid(self, path: Path, splits: DataSplits, inversion, metrics) -> Path | None:
@@ -312,5 +369,5 @@ def machine(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
     return info
 
 
-def run(cfg: RunConfig, bars: Bars = NULL_BARS) -> dict[str, Any]:
-    return Runner(cfg, bars).run()
+def run(cfg: RunConfig, bars: Bars = NULL_BARS, *, index: bool = True) -> dict[str, Any]:
+    return Runner(cfg, bars, index=index).run()

@@ -175,7 +175,7 @@ def train_classifier(
                     out = defense.optimizer_step(model, optimizer, closure)
                     if not torch.isfinite(out.total.detach()):
                         raise FloatingPointError(
-                            f"{desc}: loss became {float(out.total)} at epoch {epoch + 1}, step "
+                            f"{desc}: loss became {float(out.total.detach())} at epoch {epoch + 1}, step "
                             f"{step}; lower the learning rate or the defense strength"
                         )
                     step += 1

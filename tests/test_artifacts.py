@@ -60,6 +60,8 @@ def test_cli_refuses_malicious_target_checkpoint_with_exit_2(tmp_path, monkeypat
 
 
 def test_store_roundtrip_checksum_and_corruption(tmp_path):
+    from mi_bench.artifacts import ArtifactCorrupt
+
     store = ArtifactStore(tmp_path)
     t = {"a": torch.arange(6.0).view(2, 3)}
     digest = store.save("target", "k1", t, {"note": "x"})
@@ -72,7 +74,7 @@ def test_store_roundtrip_checksum_and_corruption(tmp_path):
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
     f.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="corrupt .*checksum mismatch.*delete"):
+    with pytest.raises(ArtifactCorrupt, match="corrupt .*checksum mismatch"):
         store.load("target", "k1")
 
 
@@ -99,15 +101,36 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert not d.exists() or not any(d.iterdir())
 
 
-def test_cli_reports_corrupt_cache_with_exit_2(tmp_path, monkeypatch):
+def test_cli_rebuilds_a_corrupt_cached_artifact_with_a_warning(tmp_path, monkeypatch):
     from mi_bench.cli import cli
 
     monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(cli, ["run", "preset=smoke", "--quiet", "--json"])
     assert r.exit_code == 0
-    key = json.loads(r.stdout)["artifacts"]["target"]["key"]
+    first = json.loads(r.stdout)
+    key = first["artifacts"]["target"]["key"]
     f = tmp_path / "cache" / "target" / key / "tensors.safetensors"
     f.write_bytes(f.read_bytes()[:-8] + b"garbage!")
-    r = CliRunner().invoke(cli, ["run", "preset=smoke", "--quiet"])
-    assert r.exit_code == 2 and "is corrupt" in r.stderr and key in r.stderr
+    r = CliRunner().invoke(cli, ["run", "preset=smoke", "--quiet", "--json"])
+    assert r.exit_code == 0
+    rec = json.loads(r.stdout)
+    assert rec["trained"] == ["target"]  # rebuilt; evaluator and prior still cached
+    assert rec["artifacts"]["target"]["sha256"] == first["artifacts"]["target"]["sha256"]  # deterministic
+    assert "is corrupt" in r.stderr and "moved it aside" in r.stderr
+    assert len(list((tmp_path / "cache" / "target").glob(f"{key}.corrupt-*"))) == 1
+
+
+def test_truncated_user_checkpoint_is_refused_not_rebuilt(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from mi_bench.cli import cli
+
+    monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "mine.safetensors"
+    save_file({"w": torch.ones(100)}, str(path))
+    path.write_bytes(path.read_bytes()[:-40])
+    r = CliRunner().invoke(cli, ["run", "preset=smoke", f"target_checkpoint={path}", "--quiet"])
+    assert r.exit_code == 2 and "is not a valid safetensors file" in r.stderr
+    assert path.stat().st_size > 0 and not (tmp_path / "cache" / "target").exists()

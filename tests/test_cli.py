@@ -75,11 +75,11 @@ def test_run_smoke_end_to_end_json_then_cached(env):
 
 
 def test_sweep_expands_and_skips_existing(env):
-    r = invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "--quiet")
+    r = invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "seed=0", "--quiet")
     assert r.exit_code == 0, r.output
     from mi_bench.results import ResultStore
     assert len(ResultStore("results/mi_bench.sqlite").records()) == 2
-    invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "--quiet")
+    invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "seed=0", "--quiet")
     assert len(ResultStore("results/mi_bench.sqlite").records()) == 2
 
 

@@ -77,3 +77,24 @@ def test_mnist_disjoint_samples_moves_half_of_private_train_to_public():
 def test_missing_mnist_raises_with_where_to_put_it(tmp_path):
     with pytest.raises(DataUnavailable, match="MNIST not found under .*MNIST/raw.*MI_BENCH_DATA"):
         load_splits(DatasetConfig(name="mnist", download=False), tmp_path)
+
+
+@pytest.mark.data
+def test_truncated_mnist_file_is_named_with_its_expected_size(tmp_path):
+    root = shared_mnist_or_skip()
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).symlink_to(root / "MNIST" / "raw" / name)
+    with open(root / "MNIST" / "raw" / "train-images-idx3-ubyte", "rb") as f:
+        (raw / "train-images-idx3-ubyte").write_bytes(f.read(100_000))  # a download cut short
+    with pytest.raises(DataUnavailable, match=r"train-images-idx3-ubyte is truncated: 100,000 bytes, "
+                                              r"expected 47,040,016 bytes"):
+        load_splits(DatasetConfig(name="mnist", download=False), tmp_path)
+    (raw / "train-images-idx3-ubyte").unlink()
+    (raw / "train-labels-idx1-ubyte").unlink()
+    (raw / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(60_004))  # wrong magic
+    (raw / "train-images-idx3-ubyte").symlink_to(root / "MNIST" / "raw" / "train-images-idx3-ubyte")
+    with pytest.raises(DataUnavailable, match=r"train-labels-idx1-ubyte is corrupt: .*magic 2051.*expected "
+                                              r"60,008 bytes, magic 2049"):
+        load_splits(DatasetConfig(name="mnist", download=False), tmp_path)

@@ -1,6 +1,6 @@
 """Is PLG-MI's 100% on MNIST disjoint_classes an evaluator artefact?
 
-Re-creates the PLG-MI reconstructions of the run in results/bench/fooling.sqlite (stronger cGAN,
+Re-creates the PLG-MI reconstructions of the run in results/bench/fooling.records.jsonl (stronger cGAN,
 MNIST quick, disjoint_classes, undefended target) from the artifact cache, and scores them with
 (a) the quick evaluator that run used (SCNN, 600 images/class, 8 epochs) and (b) an SCNN trained
 on the full MNIST training split (54,000 images after the validation carve-out) for 3 epochs.
@@ -21,12 +21,12 @@ from mi_bench.data import load_splits, resolve_data_root
 from mi_bench.metrics import score_inversion
 from mi_bench.models import build_model
 from mi_bench.registry import ATTACKS
-from mi_bench.results import ResultStore
+from mi_bench.results import load_records
 from mi_bench.runtime import NULL_BARS, set_threads
 from mi_bench.train import accuracy, train_classifier
 
 set_threads(2)
-rec = [r for r in ResultStore("results/bench/fooling.sqlite").records()
+rec = [r for r in load_records("results/bench/fooling.records.jsonl")
        if r["config"]["dataset"]["name"] == "mnist" and r["config"]["attack"]["name"] == "plgmi"
        and r["config"]["attack"]["gan_steps"] == 600][0]
 tokens = ["dataset=mnist", "preset=quick", "attack=plgmi", "attack.gen_width=16", "attack.disc_width=16",
