@@ -12,6 +12,7 @@ Every user mistake exits with status 2 and one ``error:`` line on stderr before 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ from mi_bench.artifacts import ArtifactError
 from mi_bench.config import ConfigError, RunConfig, compose, config_hash, to_dict, to_yaml
 from mi_bench.data import DataUnavailable
 from mi_bench.registry import REGISTRIES, RegistryError
-from mi_bench.runtime import Bars, console, setup_logging
+from mi_bench.runtime import Bars, console, setup_logging, stdout_console
 
 log = logging.getLogger("mi_bench")
 
@@ -62,12 +63,20 @@ def _summary_table(rec: dict) -> Table:
     t.add_column("protocol", overflow="fold")
     pct = lambda v: "failed" if v is None else f"{100 * v:.1f}%"  # noqa: E731
 
-    def num(k: str) -> str:
+    def num(k: str, se: str | None = None, fmt: str = ".3f") -> str:
         if m.get(k) is not None:
-            return f"{m[k]:.3f}"
+            return f"{m[k]:{fmt}}" + (f" ± {m[se]:{fmt}}" if se and m.get(se) is not None else "")
         if k in m.get("metric_absent", {}):
-            return f"n/a ({m['metric_absent'][k][:60]})"
-        return f"failed ({m['metric_errors'].get(k, '')[:60]})"
+            return "n/a"
+        return "failed"
+
+    def why(k: str, text: str = "") -> str:
+        """The protocol note, or for a missing metric its full reason (file and folder included)."""
+        if m.get(k) is None and k in m.get("metric_absent", {}):
+            return m["metric_absent"][k]
+        if m.get(k) is None and k in m.get("metric_errors", {}):
+            return m["metric_errors"][k]
+        return text
     n_priv = len(rec["protocol"]["data"]["private_classes"])
     t.add_row("target acc", pct(m["target_acc"]), "private test split")
     t.add_row("eval acc", pct(m["eval_acc"]), f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")
@@ -77,9 +86,16 @@ def _summary_table(rec: dict) -> Table:
               f"classes; {m['n_reconstructions']} reconstructions")
     t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]), "")
     t.add_row("per class", " ".join(f"{k}:{100 * v:.0f}" for k, v in m["per_class"].items()), "")
-    t.add_row("KNN dist", num("knn_dist"), "evaluator features, same-class private train")
-    t.add_row("FID (eval feats)", num("fid_eval"), "vs private train")
-    t.add_row("FID (Inception)", num("fid_inception"), "")
+    n = m["n_reconstructions"]
+    lp_net = cfg.get("eval", {}).get("lpips_net", "alex")
+    t.add_row("KNN dist", num("knn_dist"), why("knn_dist", "evaluator features, same-class private train"))
+    t.add_row("LPIPS-NN", num("lpips_nn"), why("lpips_nn", f"LPIPS ({lp_net}) to the nearest same-class "
+                                                       "private train image; lower = closer"))
+    t.add_row("FID (eval feats)", num("fid_eval"), why("fid_eval", f"vs private train; biased by n={n}"))
+    t.add_row("KID (eval feats)", num("kid_eval", "kid_eval_se", ".3g"),
+              why("kid_eval", "± jackknife s.e.; unbiased: compare runs with different n by KID"))
+    t.add_row("FID (Inception)", num("fid_inception"), why("fid_inception", "pytorch-fid Inception-v3"))
+    t.add_row("KID (Inception)", num("kid_inception", "kid_inception_se", ".3g"), why("kid_inception"))
     t.add_row("trained", ", ".join(rec["trained"]) or "nothing (all cached)", "")
     t.add_row("wall time", f"{rec['wall_seconds']:.1f}s",
               " ".join(f"{k}={v:.1f}s" for k, v in rec["stage_seconds"].items()))
@@ -91,7 +107,9 @@ def _run_one(cfg: RunConfig, quiet: bool) -> dict:
     from mi_bench.pipeline import run
 
     try:
-        with Bars(enabled=not quiet) as bars:
+        # stdout carries only the command's result (table or JSON): anything a library prints
+        # while the pipeline runs goes to stderr with the logs and progress bars
+        with contextlib.redirect_stdout(sys.stderr), Bars(enabled=not quiet) as bars:
             return run(cfg, bars)
     except USER_ERRORS as exc:
         _fail(str(exc))
@@ -121,7 +139,7 @@ def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     if as_json:
         click.echo(json.dumps(rec, indent=2, default=str))
     else:
-        console.print(_summary_table(rec))
+        stdout_console().print(_summary_table(rec))
 
 
 def _expand(token: str) -> list[str]:
@@ -150,8 +168,19 @@ def sweep(overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
             continue
         log.info("[%d/%d] %s", i, len(cfgs), " ".join(tokens))
         rec = _run_one(cfg, quiet)
-        m = rec["metrics"]
-        log.info("  target acc %.3f, attack acc %.3f (%.1fs)", m["target_acc"], m["attack_acc"], rec["wall_seconds"])
+        click.echo(sweep_cell_summary(i, len(cfgs), tokens, rec))
+
+
+def sweep_cell_summary(i: int, n: int, tokens: list[str], rec: dict) -> str:
+    """One stdout line per finished sweep cell: its overrides and headline numbers."""
+    m = rec["metrics"]
+
+    def f(k: str, fmt: str) -> str:
+        v = m.get(k)
+        return "n/a" if v is None and k in m.get("metric_absent", {}) else ("failed" if v is None else format(v, fmt))
+    return (f"[{i}/{n}] {' '.join(tokens)}: target acc {f('target_acc', '.3f')}, attack acc "
+            f"{f('attack_acc', '.3f')}, KNN {f('knn_dist', '.3g')}, LPIPS-NN {f('lpips_nn', '.3g')}, "
+            f"KID(E) {f('kid_eval', '.3g')}, run {rec['run_id']} ({rec['wall_seconds']:.1f}s)")
 
 
 @cli.command("show-config", context_settings={"ignore_unknown_options": True})
@@ -164,11 +193,9 @@ def show_config(overrides: tuple[str, ...]) -> None:
 @cli.command("list")
 def list_cmd() -> None:
     """List registered attacks, defenses, datasets and models."""
-    from rich.console import Console
-
     from mi_bench.config import group_options
 
-    out = Console()  # stdout: the listing is the command's output
+    out = stdout_console()  # the listing is the command's output
     for kind, reg in REGISTRIES.items():
         t = Table(title=f"{kind}s", title_justify="left")
         t.add_column("name", style="bold")
@@ -192,7 +219,7 @@ def list_cmd() -> None:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
 def leaderboard(db: str, fmt: str, output: Path | None, plot: Path | None) -> None:
     """Stored results grouped over seeds (mean ± standard error)."""
-    from mi_bench.results import HEADERS, PROTOCOL_NOTE, ResultStore, leaderboard as board, render, table_rows
+    from mi_bench.results import HEADERS, ResultStore, leaderboard as board, protocol_note, render, table_rows
 
     if not Path(db).is_file():
         _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH")
@@ -201,13 +228,12 @@ def leaderboard(db: str, fmt: str, output: Path | None, plot: Path | None) -> No
         from mi_bench.viz import tradeoff_plot
         tradeoff_plot(plot, rows, "accuracy vs leakage")
     if fmt == "table" and output is None:
-        t = Table(title="mi-bench leaderboard", caption=PROTOCOL_NOTE)
+        t = Table(title="mi-bench leaderboard", caption=protocol_note(rows))
         for h in HEADERS:
             t.add_column(h)
         for cells in table_rows(rows):
             t.add_row(*cells)
-        from rich.console import Console
-        Console().print(t)
+        stdout_console().print(t)
         return
     text = render(rows, "markdown" if fmt == "table" else fmt)
     if output:

@@ -32,7 +32,7 @@ from mi_bench.artifacts import (
 from mi_bench.config import RunConfig, config_hash, stable_hash, to_dict
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
 from mi_bench.interfaces import Attack, Defense
-from mi_bench.metrics import METRICS_PROTOCOL, score_inversion
+from mi_bench.metrics import metrics_protocol, score_inversion
 from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
@@ -222,8 +222,8 @@ class Runner:
         inversion = attack.invert(target, prior, classes, seed=cfg.seed, progress=self.bars)
         self._timed("inversion", t0)
         t0 = time.perf_counter()
-        metrics = score_inversion(inversion, evaluator, splits, inception=cfg.eval.fid_inception,
-                                  device=self.device)
+        metrics = score_inversion(inversion, evaluator, splits, device=self.device, options=cfg.eval,
+                                  store=self.store)
         self._timed("scoring", t0)
         metrics = {"target_acc": target_acc, "eval_acc": eval_acc, **metrics}
 
@@ -243,7 +243,7 @@ class Runner:
                 "data": splits.info,
                 "attacked_classes": classes,
                 "inversion": inversion.protocol,
-                "metrics": METRICS_PROTOCOL,
+                "metrics": metrics_protocol(cfg.eval),
                 "model_selection": {"target": cfg.target.selection, "evaluator": cfg.evaluator.selection,
                                     "note": "best_val = highest accuracy on a validation split "
                                             "carved from training data; test split only reported"},

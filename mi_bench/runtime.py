@@ -1,5 +1,9 @@
 """Process-wide runtime policy: threads, device, seeding, logging and progress bars.
 
+Streams: a command's result (summary table, listing, leaderboard, ``--json``) goes to stdout;
+logs, progress bars (rich, and tqdm's for weight downloads) and errors go to stderr, so
+``mi-bench run ... > result.txt`` captures the table and nothing else.
+
 Threads: on small CPUs torch's default (one intra-op thread per core) is often much slower
 than one thread for the small convolutions used here, especially when anything else runs on
 the machine. mi-bench therefore sets the intra-op thread count explicitly from the config key
@@ -19,7 +23,14 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # logs, progress bars, errors
+
+
+def stdout_console() -> Console:
+    """Console for a command's result (tables): stdout, 120 columns when it is not a terminal
+    (``mi-bench run > result.txt``), so tables are not squeezed into 80."""
+    c = Console()
+    return c if c.is_terminal else Console(width=120)
 _INTEROP_SET = False
 
 
