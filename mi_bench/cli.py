@@ -70,13 +70,18 @@ def _summary_table(rec: dict) -> Table:
             return "n/a"
         return "failed"
 
+    shown: dict[str, str] = {}
+
     def why(k: str, text: str = "") -> str:
-        """The protocol note, or for a missing metric its full reason (file and folder included)."""
-        if m.get(k) is None and k in m.get("metric_absent", {}):
-            return m["metric_absent"][k]
-        if m.get(k) is None and k in m.get("metric_errors", {}):
-            return m["metric_errors"][k]
-        return text
+        """The protocol note, or for a missing metric its full reason (file and folder included;
+        a reason already shown for another metric is referred to, not repeated)."""
+        reason = m.get("metric_absent", {}).get(k) or m.get("metric_errors", {}).get(k)
+        if m.get(k) is not None or not reason:
+            return text
+        if reason in shown:
+            return f"as {shown[reason]}"
+        shown[reason] = k
+        return reason
     n_priv = len(rec["protocol"]["data"]["private_classes"])
     t.add_row("target acc", pct(m["target_acc"]), "private test split")
     t.add_row("eval acc", pct(m["eval_acc"]), f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")

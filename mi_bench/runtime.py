@@ -13,6 +13,7 @@ the machine. mi-bench therefore sets the intra-op thread count explicitly from t
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -27,10 +28,11 @@ console = Console(stderr=True)  # logs, progress bars, errors
 
 
 def stdout_console() -> Console:
-    """Console for a command's result (tables): stdout, 120 columns when it is not a terminal
-    (``mi-bench run > result.txt``), so tables are not squeezed into 80."""
+    """Console for a command's result (tables) on stdout. When stdout is not a terminal
+    (``mi-bench run > result.txt``) tables get 200 columns ($COLUMNS overrides) instead of
+    rich's 80, so wide tables are not truncated."""
     c = Console()
-    return c if c.is_terminal else Console(width=120)
+    return c if c.is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 _INTEROP_SET = False
 
 
