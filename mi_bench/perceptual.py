@@ -15,7 +15,12 @@ KID (``kid_eval``, ``kid_inception``, each with ``*_se``)
     Kernel Inception Distance (Binkowski et al., *Demystifying MMD GANs*, ICLR 2018): the
     unbiased estimator of the squared MMD with the cubic polynomial kernel
     ``k(x, y) = (x.y / d + 1)^3`` (d = feature dimension). Both sets are used at their own sizes
-    (the unbiased estimator does not need equal sizes). A set larger than
+    (the unbiased estimator does not need equal sizes). Reconstructions are a class-stratified
+    sample by design (the same number per attacked class), so their within-set term averages
+    each pair of classes separately and weights them by the classes' shares: the plain
+    estimator would see too few same-class pairs and be biased low, by up to ~(1/K - (s-1)/(n-1))
+    times the same-vs-other-class kernel gap (K classes, s per class; tested). The private set
+    is treated as an i.i.d. sample. A set larger than
     ``eval.kid_subset_size`` (default 1000, as in the reference code) is subsampled without
     replacement, and the estimate is averaged over ``eval.kid_subsets`` (default 100) such
     subsets; when both sets fit, the single estimate on all images is exact and no subsets are
@@ -64,6 +69,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 import warnings
@@ -241,55 +247,106 @@ def frechet(a: np.ndarray, b: np.ndarray) -> float:
     return value
 
 
-def _mmd2_and_jackknife_var(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor) -> tuple[float, float]:
-    """Unbiased MMD^2 from kernel matrices, and its two-sample delete-one jackknife variance."""
+def _mmd2_and_jackknife_var(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Tensor,
+                            gx: torch.Tensor) -> tuple[float, float]:
+    """Unbiased MMD^2 from kernel matrices, and its delete-one jackknife variance.
+
+    ``x`` is a sample stratified by the groups ``gx`` (one group = an ordinary i.i.d. sample):
+    its within-set term averages each block of group pairs separately (off-diagonal within a
+    group) and weights the blocks by the groups' shares ``pi``, so fixed group sizes do not bias
+    it; ``y`` is an i.i.d. sample. The jackknife leaves out one ``x`` (stratified: per group,
+    shares kept) or one ``y`` at a time, all in closed form from block and row sums.
+    """
+    dt = kxx.dtype
     n, m = kxx.shape[0], kyy.shape[0]
-    rx = kxx.sum(1) - kxx.diagonal()  # sum over j != i of k(x_i, x_j)
+    groups = torch.nn.functional.one_hot(gx).to(dt)  # (n, C)
+    nc = groups.sum(0)
+    pi = nc / n
+    kxx0 = kxx - torch.diag(kxx.diagonal())
+    r = kxx0 @ groups  # (n, C): row sums per group, self excluded
+    blocks = groups.T @ r  # (C, C)
+    denom = torch.outer(nc, nc) - torch.diag(nc)
+    kappa = blocks / denom
+    t_xx = pi @ kappa @ pi
     ry = kyy.sum(1) - kyy.diagonal()
-    cx, cy = kxy.sum(1), kxy.sum(0)
-    a, b, c = rx.sum(), ry.sum(), cx.sum()
-    mmd2 = a / (n * (n - 1)) + b / (m * (m - 1)) - 2 * c / (n * m)
-    # the estimator with x_i (resp. y_j) left out, for every i (j) at once
-    t_x = (a - 2 * rx) / ((n - 1) * (n - 2)) + b / (m * (m - 1)) - 2 * (c - cx) / ((n - 1) * m)
-    t_y = a / (n * (n - 1)) + (b - 2 * ry) / ((m - 1) * (m - 2)) - 2 * (c - cy) / (n * (m - 1))
-    var = (n - 1) / n * ((t_x - t_x.mean()) ** 2).sum() + (m - 1) / m * ((t_y - t_y.mean()) ** 2).sum()
+    b = ry.sum()
+    t_yy = b / (m * (m - 1))
+    cx = kxy.sum(1)
+    s_c = groups.T @ cx  # (C,)
+    t_xy = (pi * s_c / (nc * m)).sum()
+    mmd2 = t_xx + t_yy - 2 * t_xy
+
+    # leave x_i out (group a = gx[i]); shares pi stay those of the design
+    a = gx
+    na = nc[a]
+    row_new = (blocks[a] - r) / ((na - 1)[:, None] * nc[None, :])  # kappa'_{a,c}, c != a
+    d_row = row_new - kappa[a]
+    own = torch.arange(n)
+    d_aa = (blocks[a, a] - 2 * r[own, a]) / ((na - 1) * (na - 2)) - kappa[a, a]
+    d_row[own, a] = 0
+    d_xx = 2 * pi[a] * (d_row * pi[None, :]).sum(1) + pi[a] ** 2 * d_aa
+    d_xy = pi[a] * ((s_c[a] - cx) / ((na - 1) * m) - s_c[a] / (na * m))
+    t_x = mmd2 + d_xx - 2 * d_xy
+    # leave y_j out
+    t_y = (t_xx + (b - 2 * ry) / ((m - 1) * (m - 2))
+           - 2 * (pi[:, None] * (s_c[:, None] - groups.T @ kxy) / (nc[:, None] * (m - 1))).sum(0))
+    if int(nc.min()) < 3 or m < 3:  # leaving one out of a 2-member set leaves no pair
+        return float(mmd2), float("nan")
+    var_x = torch.zeros((), dtype=dt)
+    for c in range(groups.shape[1]):
+        tc = t_x[gx == c]
+        var_x = var_x + (len(tc) - 1) / len(tc) * ((tc - tc.mean()) ** 2).sum()
+    var = var_x + (m - 1) / m * ((t_y - t_y.mean()) ** 2).sum()
     return float(mmd2), float(var)
 
 
-def kid(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, subsets: int = 100,
-        subset_size: int = 1000, seed: int = 0, device: torch.device | str = "cpu") -> tuple[float, float]:
+def kid(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, x_groups: Any = None,
+        subsets: int = 100, subset_size: int = 1000, seed: int = 0,
+        device: torch.device | str = "cpu") -> tuple[float, float]:
     """Kernel Inception Distance between feature sets ``x`` (n, d) and ``y`` (m, d).
 
-    Returns ``(kid, standard_error)``; see the module docstring for the estimator. Both sets
-    need at least 3 rows (the jackknife leaves one out of an estimator that needs 2).
+    Returns ``(kid, standard_error)``; see the module docstring for the estimator.
+    The standard error is NaN when a group or ``y`` has only 2 members (too few to jackknife).
+    ``x_groups`` (n,) marks ``x`` as stratified by design (reconstructions: the same number per
+    attacked class); its within-set term then weights group pairs by the groups' shares, which
+    keeps the estimate unbiased for that mixture (without it, a class-stratified sample has too
+    few same-class pairs and KID is biased low, most at few images per class). Each group, and
+    ``y``, needs at least 2 members.
     """
     x = torch.as_tensor(np.asarray(x), dtype=torch.float64, device=device)
     y = torch.as_tensor(np.asarray(y), dtype=torch.float64, device=device)
     n, m = x.shape[0], y.shape[0]
-    if n < 3 or m < 3:
-        raise ValueError(f"KID needs at least 3 images per set (got {n} and {m})")
+    gx = torch.zeros(n, dtype=torch.long) if x_groups is None else torch.as_tensor(np.asarray(x_groups))
+    gx = torch.unique(gx.long(), return_inverse=True)[1]
+    smallest = int(torch.bincount(gx).min())
+    if smallest < 2 or m < 2:
+        raise ValueError(f"KID needs at least 2 images per set and group (got {smallest} and {m})")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ ({x.shape[1]} vs {y.shape[1]})")
     d = x.shape[1]
     kern = lambda a, b: (a @ b.T / d + 1) ** 3  # noqa: E731
-    sx, sy = min(n, subset_size), min(m, subset_size)
-    if sx == n and sy == m:
-        mmd2, var = _mmd2_and_jackknife_var(kern(x, x), kern(y, y), kern(x, y))
+    gx = gx.to(device)
+    if n <= subset_size and m <= subset_size:
+        mmd2, var = _mmd2_and_jackknife_var(kern(x, x), kern(y, y), kern(x, y), gx)
         return mmd2, var ** 0.5
     g = torch.Generator().manual_seed(seed)
+    counts = torch.bincount(gx).cpu()
+    keep = (counts * min(1.0, subset_size / n)).floor().long().clamp_min(2)  # per group, proportional
+    members = [torch.nonzero(gx.cpu() == c).flatten() for c in range(len(counts))]
+    sy = min(m, subset_size)
     full = n + m <= 4096  # one Gram matrix, indexed per subset, when it fits comfortably
     z = torch.cat([x, y])
     gram_k = kern(z, z) if full else None
     vals, vars_ = [], []
     for _ in range(subsets):
-        ix = torch.randperm(n, generator=g)[:sx].to(device)
+        ix = torch.cat([mem[torch.randperm(len(mem), generator=g)[:k]] for mem, k in zip(members, keep)]).to(device)
         iy = (torch.randperm(m, generator=g)[:sy] + n).to(device)
         if gram_k is not None:
             kxx, kyy, kxy = gram_k[ix][:, ix], gram_k[iy][:, iy], gram_k[ix][:, iy]
         else:
             xs, ys = z[ix], z[iy]
             kxx, kyy, kxy = kern(xs, xs), kern(ys, ys), kern(xs, ys)
-        v, s = _mmd2_and_jackknife_var(kxx, kyy, kxy)
+        v, s = _mmd2_and_jackknife_var(kxx, kyy, kxy, gx[ix])
         vals.append(v)
         vars_.append(s)
     return float(np.mean(vals)), float(np.mean(vars_)) ** 0.5
@@ -485,6 +542,14 @@ class PerceptualScores:
             else:
                 self.errors[k] = f"{type(exc).__name__}: {exc}"
 
+    def check_se(self, key: str, groups: torch.Tensor) -> None:
+        """A KID standard error that cannot be estimated is None with the reason, never NaN."""
+        if not math.isnan(self.values[key]):
+            return
+        self.values[key] = None
+        self.absent[key] = (f"the jackknife needs at least 3 reconstructions per class (got "
+                            f"{int(torch.bincount(groups).min())}): raise the attack's samples_per_class")
+
     def disabled(self, keys: tuple[str, ...], why: str) -> None:
         for k in keys:
             self.values[k] = None
@@ -520,7 +585,8 @@ def score_perceptual(recon: torch.Tensor, recon_classes: torch.Tensor, eval_feat
         s.fail(("fid_eval",), exc)
     try:
         s.values["kid_eval"], s.values["kid_eval_se"] = kid(
-            a, b, subsets=opt.kid_subsets, subset_size=opt.kid_subset_size)
+            a, b, x_groups=recon_classes, subsets=opt.kid_subsets, subset_size=opt.kid_subset_size)
+        s.check_se("kid_eval_se", recon_classes)
     except Exception as exc:  # noqa: BLE001
         s.fail(("kid_eval", "kid_eval_se"), exc)
 
@@ -542,7 +608,9 @@ def score_perceptual(recon: torch.Tensor, recon_classes: torch.Tensor, eval_feat
                 s.fail(("fid_inception",), exc)
             try:
                 s.values["kid_inception"], s.values["kid_inception_se"] = kid(
-                    fa, fb, subsets=opt.kid_subsets, subset_size=opt.kid_subset_size, device=device)
+                    fa, fb, x_groups=recon_classes, subsets=opt.kid_subsets,
+                    subset_size=opt.kid_subset_size, device=device)
+                s.check_se("kid_inception_se", recon_classes)
             except Exception as exc:  # noqa: BLE001
                 s.fail(("kid_inception", "kid_inception_se"), exc)
 
@@ -563,7 +631,8 @@ def score_perceptual(recon: torch.Tensor, recon_classes: torch.Tensor, eval_feat
 def protocol(options: Any = None) -> dict[str, str]:
     """What each metric here is, with the settings in force (stored in every record)."""
     opt = options if options is not None else _default_options()
-    kid_text = (f"unbiased MMD^2, kernel (x.y/d+1)^3 (Binkowski et al. 2018); sets larger than "
+    kid_text = (f"unbiased MMD^2, kernel (x.y/d+1)^3 (Binkowski et al. 2018), reconstructions as a "
+                f"class-stratified sample (class pairs weighted by class shares); sets larger than "
                 f"{opt.kid_subset_size} averaged over {opt.kid_subsets} random subsets of that size; "
                 "SE: two-sample delete-one jackknife (conservative over subsets); 0 in expectation "
                 "for one distribution at any sample size - compare runs with different n by KID, not FID")

@@ -104,7 +104,9 @@ def test_run_table_goes_to_stdout_and_progress_to_stderr(env):
     j = subprocess.run(cmd + ["run", "preset=smoke", "--json"], capture_output=True, text=True,
                        env=run_env, cwd=env, timeout=300)
     m = json.loads(j.stdout)["metrics"]  # stdout is the JSON and nothing else
-    assert m["kid_eval"] is not None and m["kid_eval_se"] > 0 and m["lpips_nn"] is None
+    assert m["kid_eval"] is not None and m["lpips_nn"] is None
+    # smoke keeps 2 reconstructions per class: too few to jackknife, so the SE is n/a with a reason
+    assert m["kid_eval_se"] is None and "per class" in m["metric_absent"]["kid_eval_se"]
     assert "MI_BENCH_OFFLINE=1" in m["metric_absent"]["lpips_nn"] and "lpips_nn" not in m["metric_errors"]
     lb = invoke("leaderboard")
     assert "mi-bench leaderboard" in lb.stdout and "KID (E" in lb.stdout and "leaderboard" not in lb.stderr

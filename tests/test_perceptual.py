@@ -55,8 +55,10 @@ def test_kid_is_the_unbiased_polynomial_mmd_with_a_jackknife_error():
     lo_y = [_naive_mmd2(x, np.delete(y, j, 0)) for j in range(9)]
     var = 5 / 6 * np.sum((np.array(lo_x) - np.mean(lo_x)) ** 2) + 8 / 9 * np.sum((np.array(lo_y) - np.mean(lo_y)) ** 2)
     assert se == pytest.approx(math.sqrt(var), rel=1e-8)
-    with pytest.raises(ValueError, match="at least 3"):
-        P.kid(x[:2], y)
+    with pytest.raises(ValueError, match="at least 2"):
+        P.kid(x[:1], y)
+    two = P.kid(x[:2], y)  # an estimate, but too few to jackknife
+    assert two[0] == pytest.approx(_naive_mmd2(x[:2], y)) and math.isnan(two[1])
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():
@@ -73,6 +75,52 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():
     assert v > 4 * s > 0
 
 
+def test_kid_of_a_class_stratified_sample_is_unbiased_with_its_groups():
+    """Reconstructions come k per class: the grouped estimator stays unbiased, the plain one
+    is biased low (too few same-class pairs)."""
+    rng = np.random.default_rng(4)
+    classes, d, k = 5, 8, 5
+    means = rng.normal(size=(classes, d)) * 1.5
+    groups = np.repeat(np.arange(classes), k)
+    grouped, plain = [], []
+    for _ in range(200):
+        x = means[groups] + rng.normal(size=(classes * k, d))
+        y = means[rng.integers(0, classes, 300)] + rng.normal(size=(300, d))
+        grouped.append(P.kid(x, y, x_groups=groups)[0])
+        plain.append(P.kid(x, y)[0])
+    grouped, plain = np.array(grouped), np.array(plain)
+    assert abs(grouped.mean()) < 3 * grouped.std() / math.sqrt(len(grouped))
+    assert plain.mean() < -5 * plain.std() / math.sqrt(len(plain))
+
+
+def test_grouped_kid_and_jackknife_match_a_direct_computation():
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(11, 4)), rng.normal(size=(7, 4)) + 0.2
+    g = np.array([0] * 4 + [1] * 3 + [2] * 4)
+    pi = np.bincount(g) / len(g)
+    kern = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731
+
+    def est(x, g, y):
+        t = 0.0
+        for a in range(3):
+            for b in range(3):
+                k = kern(x[g == a], x[g == b])
+                t += pi[a] * pi[b] * ((k.sum() - np.trace(k)) / (len(k) * (len(k) - 1)) if a == b else k.mean())
+            t -= 2 * pi[a] * kern(x[g == a], y).mean()
+        ky = kern(y, y)
+        return t + (ky.sum() - np.trace(ky)) / (len(y) * (len(y) - 1))
+    value, se = P.kid(x, y, x_groups=g)
+    assert value == pytest.approx(est(x, g, y), rel=1e-10)
+    var = 0.0
+    for c in range(3):
+        t = np.array([est(np.delete(x, i, 0), np.delete(g, i), y) for i in np.nonzero(g == c)[0]])
+        var += (len(t) - 1) / len(t) * ((t - t.mean()) ** 2).sum()
+    t = np.array([est(x, g, np.delete(y, j, 0)) for j in range(7)])
+    var += 6 / 7 * ((t - t.mean()) ** 2).sum()
+    assert se == pytest.approx(math.sqrt(var), rel=1e-8)
+    assert math.isnan(P.kid(x, y, x_groups=[0] * 9 + [1] * 2)[1])
+
+
 def test_kid_subsets_average_when_a_set_is_larger_than_the_subset_size():
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(20, 8)), rng.normal(size=(200, 8)) + 0.4
@@ -80,6 +128,10 @@ def test_kid_subsets_average_when_a_set_is_larger_than_the_subset_size():
     sub, sub_se = P.kid(x, y, subsets=50, subset_size=60, seed=3)
     assert sub != full and sub == pytest.approx(full, rel=0.25) and sub_se > 0
     assert P.kid(x, y, subsets=50, subset_size=60, seed=3) == (sub, sub_se)  # seeded
+    # a stratified x larger than the subset size is subsampled within its groups
+    g = np.repeat([0, 1], 10)
+    grouped, _ = P.kid(x, y, x_groups=g, subsets=20, subset_size=12, seed=3)
+    assert grouped == pytest.approx(P.kid(x, y, x_groups=g)[0], rel=0.25)
 
 
 # -- weights files in a temporary torch hub ------------------------------------------------------
@@ -148,6 +200,15 @@ def test_offline_without_weights_gives_none_with_file_and_folder_never_zero(empt
     # evaluator-feature FID and KID need no weights
     assert math.isfinite(s.values["fid_eval"]) and math.isfinite(s.values["kid_eval"])
     assert s.values["kid_eval_se"] > 0 and not s.errors
+
+
+def test_kid_se_with_two_reconstructions_per_class_is_none_with_a_reason():
+    recon, real = _digits(4), _digits(8, seed=1)
+    ev = lambda x: x.flatten(1)[:, ::64].contiguous()  # noqa: E731
+    s = P.score_perceptual(recon, torch.tensor([0, 0, 1, 1]), ev(recon), ev(real),
+                           (real, torch.tensor([0, 1] * 4)), options=EvalConfig(fid_inception=False, lpips=False))
+    assert math.isfinite(s.values["kid_eval"]) and s.values["kid_eval_se"] is None
+    assert "at least 3 reconstructions per class" in s.absent["kid_eval_se"] and not s.errors
 
 
 def test_config_forbids_downloads_and_can_disable_metrics(empty_hub, monkeypatch):
