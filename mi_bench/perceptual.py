@@ -89,7 +89,6 @@ log = logging.getLogger(__name__)
 OFFLINE_ENV = "MI_BENCH_OFFLINE"
 DOWNLOAD_TIMEOUT_S = 60
 INCEPTION_FEATURES_VERSION = "1"
-KID_METRICS = ("kid_eval", "kid_eval_se", "kid_inception", "kid_inception_se")
 
 
 # -- weights files ------------------------------------------------------------------------------
@@ -281,7 +280,7 @@ def _mmd2_and_jackknife_var(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Ten
     na = nc[a]
     row_new = (blocks[a] - r) / ((na - 1)[:, None] * nc[None, :])  # kappa'_{a,c}, c != a
     d_row = row_new - kappa[a]
-    own = torch.arange(n)
+    own = torch.arange(n, device=kxx.device)
     d_aa = (blocks[a, a] - 2 * r[own, a]) / ((na - 1) * (na - 2)) - kappa[a, a]
     d_row[own, a] = 0
     d_xx = 2 * pi[a] * (d_row * pi[None, :]).sum(1) + pi[a] ** 2 * d_aa
@@ -292,7 +291,7 @@ def _mmd2_and_jackknife_var(kxx: torch.Tensor, kyy: torch.Tensor, kxy: torch.Ten
            - 2 * (pi[:, None] * (s_c[:, None] - groups.T @ kxy) / (nc[:, None] * (m - 1))).sum(0))
     if int(nc.min()) < 3 or m < 3:  # leaving one out of a 2-member set leaves no pair
         return float(mmd2), float("nan")
-    var_x = torch.zeros((), dtype=dt)
+    var_x = torch.zeros((), dtype=dt, device=kxx.device)
     for c in range(groups.shape[1]):
         tc = t_x[gx == c]
         var_x = var_x + (len(tc) - 1) / len(tc) * ((tc - tc.mean()) ** 2).sum()
@@ -498,7 +497,7 @@ def lpips_nn(model, recon: torch.Tensor, recon_classes: torch.Tensor, reference:
         r = recon[idx]
         if r.shape[-2:] != ref.shape[-2:]:
             r = F.interpolate(r, size=ref.shape[-2:], mode="bilinear", align_corners=False)
-        fr = [f for f in _feats_chunked(model, r, min_size, chunk, dev)]
+        fr = _feats_chunked(model, r, min_size, chunk, dev)
         if candidates and len(ref) > candidates:
             pix = torch.cdist(r.flatten(1), ref.flatten(1))
             cand = pix.topk(candidates, dim=1, largest=False).indices  # (n_c, K)

@@ -286,11 +286,13 @@ def versions() -> dict[str, str]:
     out = {"mi_bench": mi_bench.__version__, "torch": torch.__version__,
            "torchvision": torchvision.__version__, "numpy": np.__version__,
            "python": platform.python_version()}
-    for mod in ("kornia", "opacus", "pytorch_fid"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("kornia", "opacus", "pytorch-fid", "lpips"):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional in a record
-            out[mod] = "unavailable"
+            out[mod.replace("-", "_")] = version(mod)
+        except PackageNotFoundError:  # optional in a record
+            out[mod.replace("-", "_")] = "unavailable"
     return out
 
 

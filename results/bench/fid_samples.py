@@ -76,7 +76,7 @@ def main() -> None:
     out_dir = Path("/tmp/mi-bench-fid-samples-smoke") if a.smoke else REPO / "results" / "bench"
     out_dir.mkdir(parents=True, exist_ok=True)
     per_class = 8 if a.smoke else 80
-    sizes = (5, 20, 40) if a.smoke else (25, 100, 400)
+    sizes = (15, 25, 40) if a.smoke else (25, 100, 400)
     draws = 3 if a.smoke else a.draws
     tokens = ["dataset=digits", f"preset={'smoke' if a.smoke else 'quick'}", "attack=gmi", "defense=none",
               f"attack.samples_per_class={per_class}", f"results_db={out_dir / 'fid_samples.sqlite'}",
