@@ -19,6 +19,7 @@ running all the others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -31,7 +32,7 @@ from rich.table import Table
 
 from mi_bench.config import RunConfig, compose, to_yaml
 from mi_bench.registry import REGISTRIES
-from mi_bench.runtime import Bars, console, setup_logging
+from mi_bench.runtime import Bars, console, setup_logging, stdout_console
 from mi_bench.sweep import USER_ERRORS, failure_line
 
 log = logging.getLogger("mi_bench")
@@ -67,12 +68,25 @@ def _summary_table(rec: dict) -> Table:
     t.add_column("protocol", overflow="fold")
     pct = lambda v: "failed" if v is None else f"{100 * v:.1f}%"  # noqa: E731
 
-    def num(k: str) -> str:
+    def num(k: str, se: str | None = None, fmt: str = ".3f") -> str:
         if m.get(k) is not None:
-            return f"{m[k]:.3f}"
+            return f"{m[k]:{fmt}}" + (f" ± {m[se]:{fmt}}" if se and m.get(se) is not None else "")
         if k in m.get("metric_absent", {}):
-            return f"n/a ({m['metric_absent'][k][:60]})"
-        return f"failed ({m['metric_errors'].get(k, '')[:60]})"
+            return "n/a"
+        return "failed"
+
+    shown: dict[str, str] = {}
+
+    def why(k: str, text: str = "") -> str:
+        """The protocol note, or for a missing metric its full reason (file and folder included;
+        a reason already shown for another metric is referred to, not repeated)."""
+        reason = m.get("metric_absent", {}).get(k) or m.get("metric_errors", {}).get(k)
+        if m.get(k) is not None or not reason:
+            return text
+        if reason in shown:
+            return f"as {shown[reason]}"
+        shown[reason] = k
+        return reason
     n_priv = len(rec["protocol"]["data"]["private_classes"])
     t.add_row("target acc", pct(m["target_acc"]), "private test split")
     t.add_row("eval acc", pct(m["eval_acc"]), f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")
@@ -82,9 +96,16 @@ def _summary_table(rec: dict) -> Table:
               f"classes; {m['n_reconstructions']} reconstructions")
     t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]), "")
     t.add_row("per class", " ".join(f"{k}:{100 * v:.0f}" for k, v in m["per_class"].items()), "")
-    t.add_row("KNN dist", num("knn_dist"), "evaluator features, same-class private train")
-    t.add_row("FID (eval feats)", num("fid_eval"), "vs private train")
-    t.add_row("FID (Inception)", num("fid_inception"), "")
+    n = m["n_reconstructions"]
+    lp_net = cfg.get("eval", {}).get("lpips_net", "alex")
+    t.add_row("KNN dist", num("knn_dist"), why("knn_dist", "evaluator features, same-class private train"))
+    t.add_row("LPIPS-NN", num("lpips_nn"), why("lpips_nn", f"LPIPS ({lp_net}) to the nearest same-class "
+                                                       "private train image; lower = closer"))
+    t.add_row("FID (eval feats)", num("fid_eval"), why("fid_eval", f"vs private train; biased by n={n}"))
+    t.add_row("KID (eval feats)", num("kid_eval", "kid_eval_se", ".3g"),
+              why("kid_eval", "± jackknife s.e.; unbiased: compare runs with different n by KID"))
+    t.add_row("FID (Inception)", num("fid_inception"), why("fid_inception", "pytorch-fid Inception-v3"))
+    t.add_row("KID (Inception)", num("kid_inception", "kid_inception_se", ".3g"), why("kid_inception"))
     t.add_row("trained", ", ".join(rec["trained"]) or "nothing (all cached)", "")
     t.add_row("wall time", f"{rec['wall_seconds']:.1f}s",
               " ".join(f"{k}={v:.1f}s" for k, v in rec["stage_seconds"].items()))
@@ -96,7 +117,9 @@ def _run_one(cfg: RunConfig, quiet: bool) -> dict:
     from mi_bench.pipeline import run
 
     try:
-        with Bars(enabled=not quiet) as bars:
+        # stdout carries only the command's result (table or JSON): anything a library prints
+        # while the pipeline runs goes to stderr with the logs and progress bars
+        with contextlib.redirect_stdout(sys.stderr), Bars(enabled=not quiet) as bars:
             return run(cfg, bars)
     except USER_ERRORS as exc:
         _fail(str(exc))
@@ -128,7 +151,7 @@ def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     if as_json:
         click.echo(json.dumps(rec, indent=2, default=str))
     else:
-        console.print(_summary_table(rec))
+        stdout_console().print(_summary_table(rec))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -330,11 +353,9 @@ def show_config(overrides: tuple[str, ...]) -> None:
 @cli.command("list")
 def list_cmd() -> None:
     """List registered attacks, defenses, datasets and models."""
-    from rich.console import Console
-
     from mi_bench.config import group_options
 
-    out = Console()  # stdout: the listing is the command's output
+    out = stdout_console()  # the listing is the command's output
     for kind, reg in REGISTRIES.items():
         t = Table(title=f"{kind}s", title_justify="left")
         t.add_column("name", style="bold")
@@ -361,7 +382,7 @@ def list_cmd() -> None:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
 def leaderboard(db: str, records: Path | None, fmt: str, output: Path | None, plot: Path | None) -> None:
     """Stored results grouped over seeds (mean ± standard error)."""
-    from mi_bench.results import HEADERS, PROTOCOL_NOTE, leaderboard as board, load_records, render, table_rows
+    from mi_bench.results import HEADERS, leaderboard as board, load_records, protocol_note, render, table_rows
 
     if records is None and not Path(db).is_file():
         _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH / --records PATH")
@@ -373,13 +394,12 @@ def leaderboard(db: str, records: Path | None, fmt: str, output: Path | None, pl
         from mi_bench.viz import tradeoff_plot
         tradeoff_plot(plot, rows, "accuracy vs leakage")
     if fmt == "table" and output is None:
-        t = Table(title="mi-bench leaderboard", caption=PROTOCOL_NOTE)
+        t = Table(title="mi-bench leaderboard", caption=protocol_note(rows))
         for h in HEADERS:
             t.add_column(h)
         for cells in table_rows(rows):
             t.add_row(*cells)
-        from rich.console import Console
-        Console().print(t)
+        stdout_console().print(t)
         return
     text = render(rows, "markdown" if fmt == "table" else fmt)
     if output:

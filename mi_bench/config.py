@@ -47,7 +47,21 @@ class ConfigError(ValueError):
 
 @dataclass
 class EvalConfig:
-    fid_inception: bool = param(True, help="compute Inception FID when its weights are on disk")
+    fid_inception: bool = param(
+        True, help="Inception-v3 FID and KID (pytorch-fid weights, fetched into the torch hub cache "
+        "when missing unless eval.download=false or MI_BENCH_OFFLINE=1)")
+    download: bool = param(
+        True, help="fetch missing Inception / LPIPS backbone weights (MI_BENCH_OFFLINE=1 also forbids it)")
+    kid_subsets: int = param(100, ge=1, le=10000, help="KID: random subsets averaged when a set exceeds kid_subset_size")
+    kid_subset_size: int = param(1000, ge=3, help="KID: largest set used at once (reference code: 1000)")
+    lpips: bool = param(True, help="compute lpips_nn (LPIPS to the nearest same-class private image)")
+    lpips_net: str = param("alex", choices=("alex", "vgg"), help="LPIPS backbone")
+    lpips_min_size: int = param(
+        64, ge=32, le=512, help="images smaller than this are upsampled (bilinear) before LPIPS "
+        "(LPIPS was calibrated on 64x64 patches; AlexNet fails below 31 px)")
+    lpips_candidates: int = param(
+        0, ge=0, help="0 = exact nearest-neighbour search; K > 0 = LPIPS only to the K nearest "
+        "same-class images in pixel L2 (faster; an upper bound)")
     grid_real: int = param(4, ge=0, le=16, help="real private images per class in the image grid")
 
 

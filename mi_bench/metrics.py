@@ -7,18 +7,17 @@ Protocol (stored with every result as ``metrics_protocol``):
   the top-1 accuracy of each attacked class.
 * ``knn_dist``: for each reconstruction, the minimum over the private *training* images of the
   same class of the squared L2 distance between E's penultimate features; averaged.
-* ``fid_eval``: Frechet distance (pytorch-fid's ``calculate_frechet_distance``) between E's
-  penultimate features of all reconstructions and of all private training images.
+* ``fid_eval``, ``kid_eval`` (+ ``kid_eval_se``), ``fid_inception``, ``kid_inception`` (+ SE),
+  ``lpips_nn``: distribution and perceptual metrics, computed in :mod:`mi_bench.perceptual`
+  (protocol in its docstring and in :func:`mi_bench.perceptual.protocol`).
 * ``attack_acc_pixel_nn`` (mi-bench diagnostic, not from the literature): the class of each
   reconstruction's nearest neighbour *in pixel space* among the evaluator's training images
   (all classes), compared with the attacked class. It does not share the classifiers' features,
   so reconstructions that fool both CNNs without looking like the class (blobs, textures)
   score high on ``attack_acc`` and low here. Look at the grids when the two disagree.
-* ``fid_inception``: pytorch-fid's Inception-v3 pool features, same two sets, computed only when
-  the Inception weights are already on disk; otherwise ``None`` with the reason in
-  ``metric_absent``. A metric that fails is ``None`` plus its reason in ``metric_errors`` -
-  never 0; a metric absent by design (weights not on disk, disabled by config) is ``None`` plus
-  its reason in ``metric_absent``, so tables can say ``n/a`` rather than ``failed``.
+* A metric that fails is ``None`` plus its reason in ``metric_errors`` - never 0; a metric
+  absent by design (weights unavailable offline, disabled by config) is ``None`` plus its
+  reason in ``metric_absent``, so tables can say ``n/a`` rather than ``failed``.
 * ``attack_acc_ci``: the 95% Wilson interval of ``attack_acc`` over the ``n_reconstructions``
   scored (``mi_bench.stats``).
 """
@@ -26,20 +25,22 @@ Protocol (stored with every result as ``metrics_protocol``):
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
 from mi_bench.data import DataSplits
 from mi_bench.interfaces import Inversion
+from mi_bench.perceptual import frechet, protocol as perceptual_protocol, score_perceptual  # noqa: F401
 from mi_bench.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+def metrics_protocol(options: Any = None) -> dict[str, str]:
+    """The metric protocol stored with each record, with the run's perceptual settings."""
+    return {**METRICS_PROTOCOL, **perceptual_protocol(options)}
+
 
 METRICS_PROTOCOL = {
     "attack_acc": "top-1 of the all-class evaluation model == attacked class, mean over classes x samples",
@@ -47,12 +48,8 @@ METRICS_PROTOCOL = {
     "attack_acc_top5": "attacked class within the evaluator's top-5, mean over classes x samples",
     "knn_dist": "mean over reconstructions of min squared L2 (evaluator penultimate features) "
     "to private training images of the same class",
-    "fid_eval": "Frechet distance on evaluator penultimate features: all reconstructions vs all "
-    "private training images",
     "attack_acc_pixel_nn": "diagnostic: class of the nearest evaluator-training image in pixel "
     "space (all classes) == attacked class",
-    "fid_inception": "pytorch-fid Inception-v3 (2048-d pool): all reconstructions vs all private "
-    "training images; null unless the weights are on disk",
 }
 
 
@@ -69,47 +66,6 @@ def _embed(model: torch.nn.Module, x: torch.Tensor, size: int, batch: int = 512)
     return torch.cat(out)
 
 
-def frechet(a: np.ndarray, b: np.ndarray) -> float:
-    from pytorch_fid.fid_score import calculate_frechet_distance
-
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"needs at least 2 images per set (got {len(a)} and {len(b)})")
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    value = float(calculate_frechet_distance(mu1, s1, mu2, s2))
-    if not np.isfinite(value):
-        raise ValueError(f"Frechet distance is {value}")
-    return value
-
-
-def inception_weights_path() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-
-
-def fid_inception(recon: torch.Tensor, real: torch.Tensor, device: torch.device) -> float:
-    path = inception_weights_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Inception-v3 FID weights not on disk ({path}); download {INCEPTION_FILE} from the "
-            "pytorch-fid release page into that folder to enable fid_inception"
-        )
-    from pytorch_fid.inception import InceptionV3
-
-    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
-
-    @torch.no_grad()
-    def feats(x: torch.Tensor) -> np.ndarray:
-        out = []
-        for xb in x.split(64):
-            xb = xb.to(device)
-            if xb.shape[1] == 1:
-                xb = xb.repeat(1, 3, 1, 1)
-            out.append(model(xb)[0].squeeze(-1).squeeze(-1).cpu())
-        return torch.cat(out).numpy()
-
-    return frechet(feats(recon), feats(real))
-
-
 def pixel_nn_accuracy(images: torch.Tensor, labels: torch.Tensor,
                       reference: tuple[torch.Tensor, torch.Tensor]) -> float:
     """Share of ``images`` whose nearest reference image (L2 in pixel space) has ``labels``' class."""
@@ -123,9 +79,13 @@ def pixel_nn_accuracy(images: torch.Tensor, labels: torch.Tensor,
 
 def score_inversion(
     inversion: Inversion, evaluator: torch.nn.Module, splits: DataSplits, *,
-    inception: bool = True, device: torch.device | str = "cpu",
+    inception: bool = True, device: torch.device | str = "cpu", options: Any = None, store: Any = None,
 ) -> dict[str, Any]:
-    """All metrics of one inversion. Returns a flat dict; failures in ``metric_errors``."""
+    """All metrics of one inversion. Returns a flat dict; failures in ``metric_errors``.
+
+    ``options``: the run's ``EvalConfig`` (None = defaults); ``inception=False`` turns the
+    Inception metrics off whatever ``options`` says; ``store``: an ``ArtifactStore`` caching
+    Inception features of the private set."""
     images = inversion.images
     n_cls, n_s = images.shape[:2]
     flat = images.reshape(n_cls * n_s, *images.shape[2:])
@@ -169,23 +129,13 @@ def score_inversion(
     except Exception as exc:  # noqa: BLE001 - reported, never silently 0
         out["knn_dist"] = None
         errors["knn_dist"] = f"{type(exc).__name__}: {exc}"
-    try:
-        out["fid_eval"] = frechet(feats.numpy().astype(np.float64), real_feats.numpy().astype(np.float64))
-    except Exception as exc:  # noqa: BLE001
-        out["fid_eval"] = None
-        errors["fid_eval"] = f"{type(exc).__name__}: {exc}"
-    out["fid_inception"] = None
-    if not inception:
-        absent["fid_inception"] = "disabled (eval.fid_inception=false)"
-    elif not inception_weights_path().is_file():
-        absent["fid_inception"] = (
-            f"Inception-v3 FID weights not on disk ({inception_weights_path()}); download "
-            f"{INCEPTION_FILE} from the pytorch-fid release page into that folder to enable it")
-    else:
-        try:
-            out["fid_inception"] = fid_inception(flat, x_tr, torch.device(device))
-        except Exception as exc:  # noqa: BLE001
-            errors["fid_inception"] = f"{type(exc).__name__}: {exc}"
+    per = score_perceptual(flat, torch.tensor(inversion.classes).repeat_interleave(n_s), feats,
+                           real_feats, splits.private_train, options=options, inception=inception,
+                           device=device, store=store)
+    out.update(per.values)
+    errors.update(per.errors)
+    absent.update(per.absent)
+    out["perceptual_weights"] = per.weights
     out["metric_errors"] = errors
     out["metric_absent"] = absent
     return out

@@ -38,7 +38,7 @@ from mi_bench.artifacts import (
 from mi_bench.config import RunConfig, config_hash, stable_hash, to_dict
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
 from mi_bench.interfaces import Attack, Defense
-from mi_bench.metrics import METRICS_PROTOCOL, score_inversion
+from mi_bench.metrics import metrics_protocol, score_inversion
 from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
@@ -278,8 +278,8 @@ class Runner:
         inversion = attack.invert(target, prior, classes, seed=cfg.seed, progress=self.bars)
         self._timed("inversion", t0)
         t0 = time.perf_counter()
-        metrics = score_inversion(inversion, evaluator, splits, inception=cfg.eval.fid_inception,
-                                  device=self.device)
+        metrics = score_inversion(inversion, evaluator, splits, device=self.device, options=cfg.eval,
+                                  store=self.store)
         self._timed("scoring", t0)
         metrics = {"target_acc": target_acc, "eval_acc": eval_acc, **metrics}
 
@@ -299,7 +299,7 @@ class Runner:
                 "data": splits.info,
                 "attacked_classes": classes,
                 "inversion": inversion.protocol,
-                "metrics": METRICS_PROTOCOL,
+                "metrics": metrics_protocol(cfg.eval),
                 "model_selection": {"target": cfg.target.selection, "evaluator": cfg.evaluator.selection,
                                     "note": "best_val = highest accuracy on a validation split "
                                             "carved from training data; test split only reported"},
@@ -351,11 +351,13 @@ def versions() -> dict[str, str]:
     out = {"mi_bench": mi_bench.__version__, "torch": torch.__version__,
            "torchvision": torchvision.__version__, "numpy": np.__version__,
            "python": platform.python_version()}
-    for mod in ("kornia", "opacus", "pytorch_fid"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("kornia", "opacus", "pytorch-fid", "lpips"):
         try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - optional in a record
-            out[mod] = "unavailable"
+            out[mod.replace("-", "_")] = version(mod)
+        except PackageNotFoundError:  # optional in a record
+            out[mod.replace("-", "_")] = "unavailable"
     return out
 
 

@@ -43,7 +43,8 @@ CREATE INDEX IF NOT EXISTS runs_config ON runs(config_hash);
 BUSY_TIMEOUT_S = 120.0  # how long a writer waits for another one before giving up
 
 METRIC_COLUMNS = ("target_acc", "eval_acc", "attack_acc", "attack_acc_top5",
-                  "attack_acc_pixel_nn", "knn_dist", "fid_eval", "fid_inception")
+                  "attack_acc_pixel_nn", "knn_dist", "lpips_nn", "fid_eval", "kid_eval",
+                  "fid_inception", "kid_inception")
 
 
 class ResultsError(RuntimeError):
@@ -321,9 +322,21 @@ def leaderboard(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["absent_metrics"] = sorted({k for r in recs for k in r["metrics"].get("metric_absent", {})})
         eps = first.get("defense_report", {}).get("epsilon")
         row["dp_epsilon"] = None if eps is None else eps
+        row["n_reconstructions"] = sorted({r["metrics"].get("n_reconstructions") for r in recs} - {None})
         rows.append(row)
+    _flag_sample_counts(rows)
     rows.sort(key=lambda r: (r["dataset"], r["protocol"], r["attack"], r["defense"], r["preset"]))
     return rows
+
+
+def _flag_sample_counts(rows: list[dict[str, Any]]) -> None:
+    """FID is biased by the number of images; KID is not. Rows of one dataset and protocol whose
+    reconstruction counts differ are flagged ``compare_by = "kid"`` (else ``"fid"``)."""
+    counts: dict[tuple[str, str], set[int]] = {}
+    for r in rows:
+        counts.setdefault((r["dataset"], r["protocol"]), set()).update(r["n_reconstructions"])
+    for r in rows:
+        r["compare_by"] = "kid" if len(counts[(r["dataset"], r["protocol"])]) > 1 else "fid"
 
 
 def _cell(row: dict[str, Any], m: str, pct: bool) -> str:
@@ -333,18 +346,24 @@ def _cell(row: dict[str, Any], m: str, pct: bool) -> str:
             return "failed"
         return "n/a" if m in row.get("absent_metrics", []) else "-"
     scale = 100 if pct else 1
-    s = f"{v * scale:.1f}" if pct else f"{v:.2f}"
+    fmt = ".1f" if pct else (".3g" if m in SMALL_VALUED else ".2f")
+    s = f"{v * scale:{fmt}}"
     if se is not None:
-        s += f" ± {se * scale:.1f}" if pct else f" ± {se:.2f}"
+        s += f" ± {se * scale:{fmt}}"
     return s
+
+
+SMALL_VALUED = ("kid_eval", "kid_inception", "lpips_nn")  # shown with 3 significant digits
 
 
 COLUMNS = [("dataset", None), ("protocol", None), ("defense", None), ("attack", None),
            ("preset", None), ("seeds", None), ("target_acc", True), ("attack_acc", True),
-           ("attack_acc_top5", True), ("attack_acc_pixel_nn", True), ("knn_dist", False), ("fid_eval", False),
-           ("fid_inception", False), ("dp_epsilon", None)]
+           ("attack_acc_top5", True), ("attack_acc_pixel_nn", True), ("knn_dist", False),
+           ("lpips_nn", False), ("fid_eval", False), ("kid_eval", False), ("fid_inception", False),
+           ("kid_inception", False), ("dp_epsilon", None)]
 HEADERS = ["dataset", "protocol", "defense", "attack", "preset", "seeds", "target acc %",
-           "attack acc %", "top-5 %", "pixel-NN acc %", "KNN dist", "FID (E feats)", "FID (Inception)", "DP ε spent"]
+           "attack acc %", "top-5 %", "pixel-NN acc %", "KNN dist", "LPIPS-NN", "FID (E feats)",
+           "KID (E feats)", "FID (Inception)", "KID (Inception)", "DP ε spent"]
 
 PROTOCOL_NOTE = (
     "Accuracies in %, mean ± standard error over seeds. Attack acc: top-1 of a 10-class "
@@ -353,9 +372,22 @@ PROTOCOL_NOTE = (
     "space has the attacked class; far below attack acc means reconstructions fool the "
     "classifiers without looking like the class. KNN dist: squared L2 in evaluator features to "
     "the nearest private training "
-    "image of the same class. FID (E feats): Frechet distance on evaluator features vs private "
-    "training images (not comparable with Inception FID). Full protocol and configs in each record."
+    "image of the same class. LPIPS-NN: LPIPS to the nearest private training image of the same "
+    "class (a perceptual judge of a different family). FID (E feats): Frechet distance on evaluator "
+    "features vs private training images (not comparable with Inception FID); KID: unbiased kernel "
+    "distance on the same features (0 = same distribution). Full protocol and configs in each record."
 )
+
+KID_NOTE = (
+    "Reconstruction counts differ between rows of one dataset/protocol ({counts}): FID is biased "
+    "by the number of images, so compare those rows by KID, not FID (rows flagged compare_by=kid)."
+)
+
+
+def protocol_note(rows: list[dict[str, Any]]) -> str:
+    """The table's caption: the protocol, plus the KID note when sample counts differ."""
+    flagged = sorted({n for r in rows if r.get("compare_by") == "kid" for n in r["n_reconstructions"]})
+    return PROTOCOL_NOTE + (" " + KID_NOTE.format(counts=", ".join(map(str, flagged))) if flagged else "")
 
 
 def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
@@ -381,19 +413,21 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
     body = table_rows(rows)
+    note = protocol_note(rows)
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
         flat_cols = [c for c, _ in COLUMNS]
-        w.writerow(flat_cols + [c + "_se" for c, p in COLUMNS if p is not None])
+        w.writerow(flat_cols + [c + "_se" for c, p in COLUMNS if p is not None] + ["n_reconstructions", "compare_by"])
         for r in rows:
             w.writerow([",".join(map(str, r[c])) if c == "seeds" else r[c] for c in flat_cols]
-                       + [r[c + "_se"] for c, p in COLUMNS if p is not None])
+                       + [r[c + "_se"] for c, p in COLUMNS if p is not None]
+                       + [",".join(map(str, r.get("n_reconstructions", []))), r.get("compare_by")])
         return buf.getvalue()
     if fmt == "markdown":
         lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines) + f"\n\n{PROTOCOL_NOTE}\n"
+        return "\n".join(lines) + f"\n\n{note}\n"
     if fmt == "latex":
         esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$")  # noqa: E731
         lines = [r"\begin{tabular}{" + "l" * 6 + "r" * (len(HEADERS) - 6) + "}", r"\toprule",
@@ -404,5 +438,5 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "html":
         th = "".join(f"<th>{h}</th>" for h in HEADERS)
         trs = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body)
-        return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>\n<p>{PROTOCOL_NOTE}</p>\n"
+        return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>\n<p>{note}</p>\n"
     raise ValueError(f"unknown format {fmt!r}")

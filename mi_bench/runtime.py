@@ -1,5 +1,9 @@
 """Process-wide runtime policy: threads, device, seeding, logging and progress bars.
 
+Streams: a command's result (summary table, listing, leaderboard, ``--json``) goes to stdout;
+logs, progress bars (rich, and tqdm's for weight downloads) and errors go to stderr, so
+``mi-bench run ... > result.txt`` captures the table and nothing else.
+
 Threads: on small CPUs torch's default (one intra-op thread per core) is often much slower
 than one thread for the small convolutions used here, especially when anything else runs on
 the machine. mi-bench therefore sets the intra-op thread count explicitly from the config key
@@ -9,6 +13,7 @@ the machine. mi-bench therefore sets the intra-op thread count explicitly from t
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -19,7 +24,15 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # logs, progress bars, errors
+
+
+def stdout_console() -> Console:
+    """Console for a command's result (tables) on stdout. When stdout is not a terminal
+    (``mi-bench run > result.txt``) tables get 200 columns ($COLUMNS overrides) instead of
+    rich's 80, so wide tables are not truncated."""
+    c = Console()
+    return c if c.is_terminal or os.environ.get("COLUMNS") else Console(width=200)
 _INTEROP_SET = False
 
 

@@ -274,7 +274,8 @@ def run_cell(folder: Path, h: str, *, bars: Any = None, index: bool = True, forc
         m = rec["metrics"]
         state.write(h, status="done", run_id=rec["run_id"], record=str(Path(rec["run_dir"]) / RECORD),
                     finished_at=_now(), seconds=rec["wall_seconds"],
-                    summary={"target_acc": m.get("target_acc"), "attack_acc": m.get("attack_acc")})
+                    summary={**{k: m.get(k) for k in SUMMARY_METRICS},
+                             "absent": sorted(m.get("metric_absent", {}))})
         return "done"
     finally:
         lock.release()
@@ -428,15 +429,32 @@ def _finished(state: SweepState, cell: Cell, rc: int, seconds: float, k: int, to
     return status
 
 
+SUMMARY_METRICS = ("target_acc", "attack_acc", "knn_dist", "lpips_nn", "kid_eval")
+
+
+def cell_summary_line(k: int, total: int, label: str, summary: dict[str, Any], run_id: str,
+                      seconds: float) -> str:
+    """The stdout line of a finished cell: its overrides and headline numbers."""
+    def f(key: str, fmt: str) -> str:
+        v = summary.get(key)
+        if v is None:
+            return "n/a" if key in summary.get("absent", []) else "failed"
+        return format(v, fmt)
+    return (f"[{k}/{total}] {label}: target acc {f('target_acc', '.3f')}, attack acc "
+            f"{f('attack_acc', '.3f')}, KNN {f('knn_dist', '.3g')}, LPIPS-NN {f('lpips_nn', '.3g')}, "
+            f"KID(E) {f('kid_eval', '.3g')}, run {run_id} ({seconds:.1f}s)")
+
+
 def report_cell(state: SweepState, cell: Cell, status: str, seconds: float, k: int, total: int) -> None:
+    """A finished cell: its summary line on stdout (the sweep's output), anything else logged."""
+    import click
+
     st = state.read(cell.hash) or {}
     if status == "failed":
         log.error("[%d/%d] failed: %s: %s", k, total, cell.label, st.get("error"))
     elif status == "done":
-        s = st.get("summary") or {}
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        log.info("[%d/%d] done: %s: target acc %s, attack acc %s (%.0fs)", k, total, cell.label,
-                 fmt(s.get("target_acc")), fmt(s.get("attack_acc")), seconds)
+        click.echo(cell_summary_line(k, total, cell.label, st.get("summary") or {},
+                                     st.get("run_id", "?"), seconds))
     else:
         log.info("[%d/%d] %s: %s", k, total, status, cell.label)
 

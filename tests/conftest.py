@@ -10,6 +10,9 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+# Tests never download weights (Inception, LPIPS backbones); subprocesses inherit this. Tests of
+# the download path remove it with monkeypatch.
+os.environ.setdefault("MI_BENCH_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MI_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))

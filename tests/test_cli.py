@@ -79,8 +79,37 @@ def test_sweep_expands_and_skips_existing(env):
     assert r.exit_code == 0, r.output
     from mi_bench.results import ResultStore
     assert len(ResultStore("results/mi_bench.sqlite").records()) == 2
-    invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "seed=0", "--quiet")
+    # one summary line per finished cell on stdout; nothing else there
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("[2/2] preset=smoke defense=bido defense.lambda_y=0.5:")
+    assert "attack acc" in lines[1] and "KID(E)" in lines[1] and "LPIPS-NN n/a" in lines[1]
+    r = invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "seed=0", "--quiet")
     assert len(ResultStore("results/mi_bench.sqlite").records()) == 2
+    assert r.stdout == "" and "record exists, skipped" in r.stderr
+
+
+def test_run_table_goes_to_stdout_and_progress_to_stderr(env):
+    """``mi-bench run ... > file`` puts the table in the file; ``--json`` stays pure JSON."""
+    cmd = [sys.executable, "-m", "mi_bench.cli"]
+    run_env = {**os.environ, "MI_BENCH_OFFLINE": "1"}
+    with open(env / "result.txt", "w") as out:
+        r = subprocess.run(cmd + ["run", "preset=smoke"], stdout=out, stderr=subprocess.PIPE, text=True,
+                           env=run_env, cwd=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    table = (env / "result.txt").read_text()
+    for row in ("attack acc (top-1)", "KNN dist", "LPIPS-NN", "FID (eval feats)", "KID (eval feats)",
+                "KID (Inception)", "MI_BENCH_OFFLINE=1"):
+        assert row in table, row
+    assert "attack acc (top-1)" not in r.stderr and "train target" in r.stderr  # progress bars
+    j = subprocess.run(cmd + ["run", "preset=smoke", "--json"], capture_output=True, text=True,
+                       env=run_env, cwd=env, timeout=300)
+    m = json.loads(j.stdout)["metrics"]  # stdout is the JSON and nothing else
+    assert m["kid_eval"] is not None and m["lpips_nn"] is None
+    # smoke keeps 2 reconstructions per class: too few to jackknife, so the SE is n/a with a reason
+    assert m["kid_eval_se"] is None and "per class" in m["metric_absent"]["kid_eval_se"]
+    assert "MI_BENCH_OFFLINE=1" in m["metric_absent"]["lpips_nn"] and "lpips_nn" not in m["metric_errors"]
+    lb = invoke("leaderboard")
+    assert "mi-bench leaderboard" in lb.stdout and "KID (E" in lb.stdout and "leaderboard" not in lb.stderr
 
 
 @pytest.mark.parametrize(
@@ -135,7 +164,7 @@ def test_list_shows_every_registered_plugin_with_its_paper(env):
     from mi_bench.registry import ATTACKS, DEFENSES
     r = invoke("list")
     assert r.exit_code == 0
-    out = r.output + r.stderr
+    out = r.stdout  # the listing is the command's result
     for name in [*ATTACKS.names(), *DEFENSES.names(), "digits", "mnist", "mcnn", "scnn"]:
         assert name in out
     assert "Peng et al." in out and "CVPR 2020" in out

@@ -41,6 +41,8 @@ def test_evaluator_says_no_to_images_of_public_classes(digits_world):
     assert wrong["attack_acc_pixel_nn"] <= 0.1 and right["attack_acc_pixel_nn"] >= 0.9
     assert right["knn_dist"] < wrong["knn_dist"]
     assert right["fid_eval"] < wrong["fid_eval"]
+    # KID: real private-class images are the private distribution (0 within its error); 5-9 are not
+    assert abs(right["kid_eval"]) < 3 * right["kid_eval_se"] < wrong["kid_eval"]
 
 
 def test_failed_metric_is_none_with_reason_never_zero(digits_world):
@@ -48,6 +50,7 @@ def test_failed_metric_is_none_with_reason_never_zero(digits_world):
     one = Inversion(images=w.splits.eval_test[0][:1].view(1, 1, 1, 32, 32), classes=[0], protocol={})
     m = score_inversion(one, w.evaluator, w.splits, inception=True)
     assert m["fid_eval"] is None and "at least 2" in m["metric_errors"]["fid_eval"]
+    assert m["kid_eval"] is None and "at least 2" in m["metric_errors"]["kid_eval"]
     if m["fid_inception"] is None:  # absent by design (no weights offline) or failed: a reason either way
         assert m["metric_errors"].get("fid_inception") or m["metric_absent"].get("fid_inception")
         assert "fid_inception" not in m["metric_errors"] or "fid_inception" not in m["metric_absent"]

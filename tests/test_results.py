@@ -41,3 +41,23 @@ def test_json_safe_makes_records_strict_json():
     rec = json_safe({"eps": float("inf"), "x": [float("nan"), 1.0], "n": {"m": -float("inf")}})
     assert rec == {"eps": "inf", "x": ["nan", 1.0], "n": {"m": "-inf"}}
     json.loads(json.dumps(rec, allow_nan=False))
+
+
+def test_leaderboard_compares_by_kid_when_sample_counts_differ():
+    def rec(run_id, group, n, kid, fid):
+        r = _rec(run_id, 0, 0.9, fid=fid, group=group, defense=group)
+        r["metrics"].update(n_reconstructions=n, kid_eval=kid, kid_eval_se=0.001, lpips_nn=0.123456)
+        return r
+    same = leaderboard([rec("a", "none", 25, 0.0123, 40.0), rec("b", "mid", 25, 0.0456, 60.0)])
+    assert {r["compare_by"] for r in same} == {"fid"} and "compare them by KID" not in render(same, "markdown")
+    rows = leaderboard([rec("a", "none", 25, 0.0123, 40.0), rec("b", "mid", 400, 0.0456, 20.0)])
+    assert {r["compare_by"] for r in rows} == {"kid"}
+    assert sorted(n for r in rows for n in r["n_reconstructions"]) == [25, 400]
+    md = render(rows, "markdown")
+    assert "Reconstruction counts differ" in md and "(25, 400)" in md and "by KID, not FID" in md
+    assert "0.0123" in md and "0.123" in md  # KID and LPIPS-NN keep 3 significant digits
+    assert "compare_by" in render(rows, "csv").splitlines()[0]
+    # rows of another dataset do not trigger the note
+    other = rec("c", "mnist-none", 100, 0.01, 30.0)
+    other["config"]["dataset"]["name"] = "mnist"
+    assert {r["compare_by"] for r in leaderboard([rec("a", "none", 25, 0.0123, 40.0), other])} == {"fid"}
