@@ -192,11 +192,14 @@ def list_cmd() -> None:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
 def leaderboard(db: str, fmt: str, output: Path | None, plot: Path | None) -> None:
     """Stored results grouped over seeds (mean ± standard error)."""
-    from mi_bench.results import HEADERS, PROTOCOL_NOTE, ResultStore, leaderboard as board, render, table_rows
+    from mi_bench.results import (
+        HEADERS, PROTOCOL_NOTE, ResultStore, defense_effects, leaderboard as board, render, table_rows,
+    )
 
     if not Path(db).is_file():
         _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH")
-    rows = board(ResultStore(db).records())
+    records = ResultStore(db).records()
+    rows = board(records)
     if plot:
         from mi_bench.viz import tradeoff_plot
         tradeoff_plot(plot, rows, "accuracy vs leakage")
@@ -209,7 +212,8 @@ def leaderboard(db: str, fmt: str, output: Path | None, plot: Path | None) -> No
         from rich.console import Console
         Console().print(t)
         return
-    text = render(rows, "markdown" if fmt == "table" else fmt)
+    fmt = "markdown" if fmt == "table" else fmt
+    text = render(rows, fmt, effects=defense_effects(records) if fmt == "markdown" else None)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)

@@ -297,7 +297,7 @@ class _Option:
         for layer, where in layers:  # check every preset's layer, not only the selected one
             bad = sorted(set(layer) - set(allowed))
             if bad:
-                raise ConfigError(f"{where}: a {self.group} entry cannot patch '{bad[0]}'; it may "
+                raise ConfigError(f"{where}: {'an' if self.group == 'attack' else 'a'} {self.group} entry cannot patch '{bad[0]}'; it may "
                                   f"patch {', '.join(allowed)} (and hold presets)")
         chosen = [layers[0]] + [(lay, w) for lay, w in layers[1:] if w.endswith(f"presets.{preset}")]
         out: dict[str, list[tuple[dict, str]]] = {}
