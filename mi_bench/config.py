@@ -289,19 +289,21 @@ class _Option:
         origin = f"{self.origin} datasets.{key}"
         entry = dict(_mapping(self.datasets[key], origin))
         presets = _mapping(entry.pop("presets", None), f"{origin} presets")
-        layers = [(entry, origin)] + [
-            (_mapping(layer, f"{origin} presets.{name}"), f"{origin} presets.{name}")
+        layers = [(entry, origin, None)] + [
+            (_mapping(layer, f"{origin} presets.{name}"), f"{origin} presets.{name}", name)
             for name, layer in presets.items()
         ]
         allowed = ENTRY_SECTIONS[self.group]
-        for layer, where in layers:  # check every preset's layer, not only the selected one
+        for layer, where, _ in layers:  # check every preset's layer, not only the selected one
             bad = sorted(set(layer) - set(allowed))
             if bad:
-                raise ConfigError(f"{where}: {'an' if self.group == 'attack' else 'a'} {self.group} entry cannot patch '{bad[0]}'; it may "
-                                  f"patch {', '.join(allowed)} (and hold presets)")
-        chosen = [layers[0]] + [(lay, w) for lay, w in layers[1:] if w.endswith(f"presets.{preset}")]
+                article = "an" if self.group == "attack" else "a"
+                raise ConfigError(f"{where}: {article} {self.group} entry cannot patch "
+                                  f"'{bad[0]}'; it may patch {', '.join(allowed)} (and hold presets)")
         out: dict[str, list[tuple[dict, str]]] = {}
-        for layer, where in chosen:
+        for layer, where, name in layers:
+            if name not in (None, preset):
+                continue
             for section in allowed:
                 if layer.get(section):
                     out.setdefault(section, []).append(
