@@ -394,6 +394,12 @@ def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {str(exc).splitlines()[0]}") from None
     errors = validate_dataclass(run)
+    for section in ("target", "evaluator"):  # cross-field checks the trainer would raise late
+        tc = getattr(run, section)
+        if tc.optimizer == "sgd" and tc.nesterov and tc.momentum == 0:
+            errors.append(f"{section}.nesterov=true needs {section}.momentum > 0 (or nesterov=false)")
+        if any(m < 1 for m in tc.milestones):
+            errors.append(f"{section}.milestones={list(tc.milestones)}: epochs are counted from 1")
     if errors:
         raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     if run.dataset.name not in DATASETS:

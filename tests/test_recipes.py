@@ -200,6 +200,18 @@ def test_bad_dataset_entries_are_refused_naming_file_and_key(configs_copy, entry
     assert needle in str(exc.value)
 
 
+@pytest.mark.parametrize("tokens, needle", [
+    (["target.nesterov=true", "target.momentum=0.0"], "target.nesterov=true needs target.momentum > 0"),
+    (["evaluator.milestones=[0]"], "evaluator.milestones=[0]: epochs are counted from 1"),
+    (["target.gamma=1.5"], "target.gamma=1.5 is out of range"),
+    (["target.drop_last=maybe"], "wrong type for 'target.drop_last'"),
+])
+def test_bad_training_options_are_refused_before_any_work(tokens, needle):
+    with pytest.raises(ConfigError) as exc:
+        compose(tokens)
+    assert needle in str(exc.value)
+
+
 def test_attack_entries_may_only_patch_the_attack(configs_copy):
     f = configs_copy / "attack" / "gmi.yaml"
     data = yaml.safe_load(f.read_text())
