@@ -3,18 +3,24 @@
 Prior (trained per target, methods.md section 3):
 
 * Generator: GMI's DCGAN generator (:class:`~mi_bench.attacks.gan.DCGANGenerator`), z ~ N(0, I).
-* Discriminator with K-way logits (K = private classes): conv5 s2 + LReLU, then conv5 s2 +
-  InstanceNorm(affine) + LReLU blocks down to 4x4 with channels ``w, 2w, 4w, 4w`` (64x64:
-  3->64->128->256->256; 32x32: 1->64->128->256), flattened (4096-d at ``disc_width=64``) ->
-  minibatch discrimination (A x B x C = 4096 x 64 x 50) -> Linear(A + B, K).
+* Discriminator with K-way logits (K = private classes), as the official ``discri.py``
+  (``MinibatchDiscriminator``; ``MinibatchDiscriminator_MNIST`` in Defend_MI): conv +
+  InstanceNorm(affine) + LReLU blocks - the first one included - down to 4x4 with channels
+  ``w, 2w, 4w, 4w``; the first three convs are 5x5 stride 2, any further one 3x3 stride 2
+  (64x64: 3->64->128->256 (5x5) ->256 (3x3); 32x32: 1->64->128->256), flattened (4096-d at
+  ``disc_width=64``) -> minibatch discrimination (A x B x C = 4096 x 64 x 50) -> Linear(A + B, K).
 * D loss: soft cross-entropy between ``softmax(T(x_pub))`` and ``D(x_pub)`` plus the
   semi-supervised real/fake terms with an implicit fake logit 0,
   ``0.5 * [mean softplus(lse(D(x_u))) - mean lse(D(x_u)) + mean softplus(lse(D(G(z))))]``.
 * G loss: L1 between the mean D-features (pre-minibatch-discrimination) of fakes and of real
-  public images, plus ``entropy_weight`` (1e-4) * mean entropy of ``softmax(D(G(z)))``.
+  public images, plus ``entropy_weight`` (1e-4) * the entropy of ``softmax(D(G(z)))``. The
+  official ``HLoss`` (``utils.py``) *sums* ``-p log p`` over the batch and the classes, so at
+  batch 64 the term is 64x a batch-mean entropy: ``entropy_reduction=sum`` (default, all
+  presets) does that; ``mean`` is the batch mean (mi-bench's earlier choice).
 * Adam 2e-4, betas (0.5, 0.999), batch 64, ``n_critic`` D steps per G step, ``gan_steps`` G
-  steps (the paper counts 120 epochs; mi-bench counts steps, like GMI, so that a preset costs
-  the same on every dataset).
+  steps (the official code counts epochs: 120 on CelebA, 100 on MNIST in Defend_MI's
+  ``DMI/config/mnist.json``; mi-bench counts steps, like GMI, so that a preset costs the same on
+  every dataset).
 
 Soft labels: the target is frozen, in eval mode and under ``no_grad`` when it labels the public
 images (computed once, before training). The official code leaves T in train mode (BatchNorm
@@ -25,12 +31,12 @@ and log sigma^2 (init ``init_log_var`` = 1); each step draws ``z = mu + exp(0.5 
 eps`` (one draw per class, as the official code) and minimises
 ``-log sigmoid(lse(D(G(z)))) + lambda_ce * CE(T(G(z)), y)`` with Adam (betas 0.9, 0.999).
 
-Latent constraint (the official clamp acts on a detached copy and does nothing): mi-bench
-applies it for real. ``latent_clamp=z`` (default) clamps every sampled z to
+Latent constraint: the official clamp acts on a detached copy and does nothing, so the
+published runs are unconstrained - ``latent_clamp=none`` (the default, every preset). Two
+documented options apply a constraint for real: ``z`` clamps every sampled z to
 ``[-clip, clip]`` with ``torch.clamp`` inside the graph (differentiable; zero gradient for
-coordinates that are clipped), during optimisation and when drawing the final samples;
-``mu`` instead projects mu onto ``[-clip, clip]`` after every Adam step (samples unclamped);
-``none`` disables the constraint (reproduces what the official code effectively does).
+coordinates that are clipped), during optimisation and when drawing the final samples; ``mu``
+instead projects mu onto ``[-clip, clip]`` after every Adam step (samples unclamped).
 
 Evaluation: ``samples_per_class`` samples drawn per class from the learned distributions, every
 one returned and scored (the pipeline reports the mean over samples).
@@ -75,9 +81,15 @@ def feature_matching_loss(feat_fake: torch.Tensor, feat_real: torch.Tensor) -> t
     return (feat_fake.mean(0) - feat_real.mean(0)).abs().mean()
 
 
-def entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the entropy of ``softmax(logits)`` (nats)."""
-    return -(F.softmax(logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
+def entropy(logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` (nats) per row, averaged (``mean``) or summed (``sum``,
+    the official ``HLoss``) over the batch."""
+    h = -(F.softmax(logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1)
+    if reduction == "sum":
+        return h.sum()
+    if reduction == "mean":
+        return h.mean()
+    raise ValueError(f"entropy reduction {reduction!r}: use 'sum' or 'mean'")
 
 
 def realness_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -112,9 +124,10 @@ class KEDDiscriminator(nn.Module):
         c_in, size, _ = image_shape
         n = _n_stages(size)
         chans = [min(width * 2**i, 4 * width) for i in range(n)]  # 64, 128, 256 (, 256)
-        layers: list[nn.Module] = [nn.Conv2d(c_in, chans[0], 5, 2, 2), nn.LeakyReLU(0.2)]
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 5, 2, 2), nn.InstanceNorm2d(cout, affine=True),
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip([c_in] + chans[:-1], chans)):
+            k, pad = (5, 2) if i < 3 else (3, 1)  # official: 5x5 s2 x3, then 3x3 s2 (64x64)
+            layers += [nn.Conv2d(cin, cout, k, 2, pad), nn.InstanceNorm2d(cout, affine=True),
                        nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*layers)
         self.feat_dim = chans[-1] * 16
@@ -166,9 +179,9 @@ class KEDMIConfig(PluginConfig):
                             help="D base width (64 = published: 4x4x256 = 4096-d features)")
     mbd_kernels: int = param(64, ge=1, prior=True, help="minibatch discrimination B (published 64)")
     mbd_dim: int = param(50, ge=1, prior=True, help="minibatch discrimination C (published 50)")
-    gan_steps: int = param(12850, ge=1, prior=True,
-                           help="generator steps (each after n_critic D steps); published: 120 "
-                           "epochs, ~12,850 G steps on the 34,265 public MNIST images at batch 64")
+    gan_steps: int = param(10700, ge=1, prior=True,
+                           help="generator steps (each after n_critic D steps); official MNIST: "
+                           "100 epochs, 10,700 G steps on the 34,265 public images at batch 64")
     gan_batch_size: int = param(64, ge=2, prior=True, help="GAN batch size")
     gan_lr: float = param(2e-4, gt=0.0, prior=True, help="Adam lr of G and D")
     beta1: float = param(0.5, ge=0.0, lt=1.0, prior=True, help="Adam beta1 (GAN)")
@@ -176,14 +189,18 @@ class KEDMIConfig(PluginConfig):
     n_critic: int = param(5, ge=1, prior=True, help="D steps per G step")
     entropy_weight: float = param(1e-4, ge=0.0, prior=True,
                                   help="weight of the entropy of D(G(z)) in the G loss")
+    entropy_reduction: str = param("sum", choices=("sum", "mean"), prior=True,
+                                   help="entropy summed over the batch (official HLoss) or "
+                                   "averaged (64x smaller at batch 64)")
     # inversion -------------------------------------------------------------------------------
     iterations: int = param(2400, ge=1, help="Adam steps of the distributional recovery")
     lr: float = param(0.02, gt=0.0, help="Adam lr on (mu, log sigma^2)")
     lambda_ce: float = param(100.0, ge=0.0, help="weight of CE(T(G(z)), y)")
     init_log_var: float = param(1.0, help="initial log sigma^2 (published: 1)")
-    latent_clamp: str = param("z", choices=("z", "mu", "none"),
-                              help="z: clamp sampled z to [-clip, clip] in the graph; mu: project "
-                              "mu after each step; none: no constraint (what the official code does)")
+    latent_clamp: str = param("none", choices=("none", "z", "mu"),
+                              help="none: no constraint (what the official code does); z: clamp "
+                              "sampled z to [-clip, clip] in the graph; mu: project mu after "
+                              "each step")
     clip: float = param(1.0, gt=0.0, help="latent clamp range")
     samples_per_class: int = param(5, ge=1, help="samples drawn per class from the learned "
                                    "distribution; all are returned and scored")
@@ -195,7 +212,7 @@ class KEDMI(Attack):
     summary = "KED-MI: target-aware K-way GAN + learned latent Gaussian per class"
     paper = "Chen et al., Knowledge-Enriched Distributional Model Inversion Attacks, ICCV 2021"
     requirements = AttackRequirements(prior="per_target")
-    prior_version = "1"
+    prior_version = "2"  # 2: official D (IN on layer 1, 3x3 4th layer), summed entropy
 
     def _nets(self) -> tuple[DCGANGenerator, KEDDiscriminator]:
         c = self.cfg
@@ -250,7 +267,7 @@ class KEDMI(Attack):
                     with torch.no_grad():
                         f_real, _ = d(pub[next(unl_batches)])
                     fm = feature_matching_loss(f_fake, f_real)
-                    ent = entropy(o_fake)
+                    ent = entropy(o_fake, c.entropy_reduction)
                     loss_g = fm + c.entropy_weight * ent
                     opt_g.zero_grad(set_to_none=True)
                     loss_g.backward()

@@ -4,17 +4,31 @@ Prior (trained per target, methods.md section 3):
 
 * Stage 0, top-n selection: T (frozen, eval, no_grad) labels every public image; for each private
   class the ``top_n`` public images with the highest softmax probability *for that class* are
-  kept; an image may serve several classes. ``top_n=0`` means auto: ``n = max(1, N_public // K)``
-  (the published n = 30 for K = 1,000 classes is about 30,000 public CelebA images / 1,000).
+  kept; an image may serve several classes. The official n = 30 (for K = 1,000) is set by hand
+  (``top_n_selection.py --top_n=30``); no rule exists there. ``top_n=0`` is mi-bench's auto
+  rule ``n = max(1, N_public // K)``: the cGAN trains on as many selected copies as there are
+  public images, as 30 x 1,000 = 30,000 does for the 30,000 public CelebA images. mi-bench uses
+  it on MNIST/digits (6,853 per class on MNIST: the published per-class share, 0.1% of the
+  public set, would leave 34 images per class, 170 in all, for a 30,000-iteration GAN) and the
+  official n = 30 on CelebA (plgmi.yaml ``datasets.celeba``).
   The selection is stored in the prior (``selection.index``: public-image indices,
   ``selection.label``: the class each selected copy serves) so it is recorded with the cache.
 * Conditional GAN: SNGAN-projection ResNet generator, z ~ N(0, I) in R^``latent_dim`` (128) ->
   Linear -> 4x4 x (w * 2^n) -> n up-sampling residual blocks (bilinear x2, conv3x3, class-
-  conditional BatchNorm with per-class gamma/beta embeddings; n = log2(size/4): 3 for 32x32, 4
-  for 64x64) -> BN, ReLU, conv1x1, tanh. Images are mapped to [0, 1] (``(x + 1) / 2``) for the
-  target; the discriminator sees [-1, 1] (public images are rescaled).
-* Discriminator: spectral-norm ResNet with a projection head, ``l(h) + <embed(y), h>``,
-  h = sum-pooled ReLU features; n + 1 down-sampling blocks (64x64: 3->w->2w->4w->8w->16w).
+  conditional BatchNorm with per-class gamma/beta embeddings, init 1 and 0; n = log2(size/4): 3
+  for 32x32, 4 for 64x64) -> BN, ReLU, conv1x1, tanh. PyTorch's default initialisation (the
+  official generator's ``_initialize`` is never called).
+* Discriminator (``models/discriminators/snresnet64.py``): spectral-norm ResNet with a
+  projection head, ``l(h) + <embed(y), h>``, h = sum-pooled ReLU features; an "optimized" first
+  block (conv in->out, conv out->out) and n down-sampling blocks whose convs go in->in->out
+  (64x64: 3->w->2w->4w->8w->16w; 20.6M parameters at w = 64 with 1,000 classes); Xavier-uniform
+  initialisation (gain sqrt 2 on the 3x3 convs, 1 on shortcuts and the heads), as official.
+* Image range (``image_range``): ``official`` (default) as the official ``train_cgan.py`` and
+  ``reconstruct.py``: real public images in [0, 1] plus U(0, 1/256) noise (drawn per batch) for
+  D, and the *raw* tanh output of G for both D and T (during training and inversion), so G learns
+  to produce [0, 1] images through D; the returned reconstructions are G's output clamped to
+  [0, 1]. ``symmetric`` (mi-bench's earlier choice): D sees [-1, 1] (public images rescaled) and
+  T and the scored images ``(G + 1) / 2``.
 * Hinge loss; G adds ``alpha * max-margin(T(A(G(z, y))), y)``, y uniform over the classes, with
   A = kornia RandomResizedCrop(size, scale (0.8, 1), ratio (1, 1)), ColorJitter(brightness 0.2,
   contrast 0.2, p 0.5), RandomHorizontalFlip (p 0.5), RandomRotation(5 degrees, p 0.5). Each
@@ -134,9 +148,6 @@ class GenBlock(nn.Module):
         self.b2 = ConditionalBatchNorm2d(cout, num_classes)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1)
         self.c_sc = nn.Conv2d(cin, cout, 1)
-        for c in (self.c1, self.c2):
-            nn.init.xavier_uniform_(c.weight, math.sqrt(2))
-        nn.init.xavier_uniform_(self.c_sc.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.c1(_up(F.relu(self.b1(x, y))))
@@ -155,11 +166,9 @@ class ResNetGenerator(nn.Module):
         chans = [width * 2 ** (n - i) for i in range(n + 1)]  # 64x64: 16w, 8w, 4w, 2w, w
         self.latent_dim, self._c0 = latent_dim, chans[0]
         self.l1 = nn.Linear(latent_dim, chans[0] * 16)
-        nn.init.xavier_uniform_(self.l1.weight)
         self.blocks = nn.ModuleList(GenBlock(a, b, num_classes) for a, b in zip(chans[:-1], chans[1:]))
         self.bn = nn.BatchNorm2d(chans[-1])
         self.out = nn.Conv2d(chans[-1], c_out, 1)
-        nn.init.xavier_uniform_(self.out.weight)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.l1(z).view(z.shape[0], self._c0, 4, 4)
@@ -168,13 +177,24 @@ class ResNetGenerator(nn.Module):
         return torch.tanh(self.out(F.relu(self.bn(h))))
 
 
+def _sn_xavier(layer: nn.Module, gain: float = 1.0) -> nn.Module:
+    """Xavier-uniform weights (as the official D's ``_initialize``), then spectral norm."""
+    nn.init.xavier_uniform_(layer.weight, gain)
+    return spectral_norm(layer)
+
+
 class DiscBlock(nn.Module):
+    """Down-sampling residual block. ``first``: the official ``OptimizedBlock`` (conv in->out,
+    conv out->out, no leading ReLU); otherwise ``Block`` with its hidden width = ``cin``
+    (conv in->in, conv in->out)."""
+
     def __init__(self, cin: int, cout: int, first: bool):
         super().__init__()
         self.first = first
-        self.c1 = spectral_norm(nn.Conv2d(cin, cout, 3, 1, 1))
-        self.c2 = spectral_norm(nn.Conv2d(cout, cout, 3, 1, 1))
-        self.c_sc = spectral_norm(nn.Conv2d(cin, cout, 1))
+        hidden = cout if first else cin
+        self.c1 = _sn_xavier(nn.Conv2d(cin, hidden, 3, 1, 1), math.sqrt(2))
+        self.c2 = _sn_xavier(nn.Conv2d(hidden, cout, 3, 1, 1), math.sqrt(2))
+        self.c_sc = _sn_xavier(nn.Conv2d(cin, cout, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.first else F.relu(x)
@@ -193,8 +213,8 @@ class SNProjectionDiscriminator(nn.Module):
         chans = [c_in] + [width * 2**i for i in range(n + 1)]  # 64x64: 3, w, 2w, 4w, 8w, 16w
         self.blocks = nn.Sequential(*(DiscBlock(a, b, i == 0)
                                       for i, (a, b) in enumerate(zip(chans[:-1], chans[1:]))))
-        self.l_out = spectral_norm(nn.Linear(chans[-1], 1))
-        self.l_y = spectral_norm(nn.Embedding(num_classes, chans[-1]))
+        self.l_out = _sn_xavier(nn.Linear(chans[-1], 1))
+        self.l_y = _sn_xavier(nn.Embedding(num_classes, chans[-1]))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))
@@ -207,8 +227,8 @@ class SNProjectionDiscriminator(nn.Module):
 class PLGMIConfig(PluginConfig):
     # prior (pseudo labels + conditional GAN) ---------------------------------------------------
     top_n: int = param(0, ge=0, prior=True,
-                       help="public images kept per class (0 = auto: max(1, N_public // K); "
-                       "published 30 for K=1000)")
+                       help="public images kept per class (0 = mi-bench's auto rule "
+                       "max(1, N_public // K); official 30 for K=1000, set by hand)")
     latent_dim: int = param(128, ge=1, prior=True, help="latent size (published 128)")
     gen_width: int = param(64, ge=1, prior=True, help="G base width (64 = published)")
     disc_width: int = param(64, ge=1, prior=True, help="D base width (64 = published)")
@@ -223,6 +243,9 @@ class PLGMIConfig(PluginConfig):
     aug_jitter: bool = param(True, prior=True, help="ColorJitter(brightness 0.2, contrast 0.2)")
     aug_flip: bool = param(True, prior=True, help="RandomHorizontalFlip (changes digits' meaning)")
     aug_rotate: bool = param(True, prior=True, help="RandomRotation(5 degrees)")
+    image_range: str = param("official", choices=("official", "symmetric"), prior=True,
+                             help="official: reals in [0,1] + U(0,1/256) noise for D, raw tanh "
+                             "output to D and T; symmetric: D sees [-1,1], T sees (G+1)/2")
     # inversion -------------------------------------------------------------------------------
     iterations: int = param(600, ge=1, help="Adam steps on z")
     lr: float = param(0.1, gt=0.0, help="Adam lr on z")
@@ -235,13 +258,23 @@ class PLGMI(Attack):
     summary = "PLG-MI: top-n pseudo-labelled public data -> conditional GAN, max-margin inversion"
     paper = "Yuan et al., Pseudo Label-Guided Model Inversion Attack via Conditional GAN, AAAI 2023"
     requirements = AttackRequirements(prior="per_target")
-    prior_version = "1"
+    prior_version = "2"  # 2: official D blocks (in->in->out) and init, official image range
 
     def _nets(self) -> tuple[ResNetGenerator, SNProjectionDiscriminator]:
         c = self.cfg
         g = ResNetGenerator(self.image_shape, self.num_classes, c.latent_dim, c.gen_width)
         d = SNProjectionDiscriminator(self.image_shape, self.num_classes, c.disc_width)
         return g.to(self.device), d.to(self.device)
+
+    def _for_target(self, g_out: torch.Tensor) -> torch.Tensor:
+        """What T (and the scored images) get from G's tanh output."""
+        return g_out if self.cfg.image_range == "official" else (g_out + 1) / 2
+
+    def _real_for_d(self, real: torch.Tensor) -> torch.Tensor:
+        """Public images as D sees them."""
+        if self.cfg.image_range == "official":  # [0, 1] + U(0, 1/256), fresh per batch
+            return real + torch.rand_like(real) / 256.0
+        return real * 2 - 1
 
     def _augment(self, jitter_p: float) -> nn.Module:
         c = self.cfg
@@ -260,7 +293,7 @@ class PLGMI(Attack):
         sel_idx, sel_lab = top_n_selection(probs, n_top)
         log.info("plgmi: top-%d selection, %d selected copies of %d distinct public images",
                  n_top, len(sel_idx), len(torch.unique(sel_idx)))
-        real = (public[sel_idx] * 2 - 1).to(self.device)  # D sees [-1, 1]
+        real = public[sel_idx].to(self.device)  # [0, 1]; _real_for_d per batch
         real_y = sel_lab.to(self.device)
         g, d = self._nets()
         opt_g = torch.optim.Adam(g.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
@@ -284,7 +317,7 @@ class PLGMI(Attack):
                             p.requires_grad_(False)
                         fake, y = fakes()
                         loss_adv = hinge_g_loss(d(fake, y))
-                        inv = max_margin_loss(target(aug((fake + 1) / 2)), y)
+                        inv = max_margin_loss(target(aug(self._for_target(fake))), y)
                         loss_g = loss_adv + c.alpha * inv
                         opt_g.zero_grad(set_to_none=True)
                         loss_g.backward()
@@ -295,7 +328,7 @@ class PLGMI(Attack):
                     with torch.no_grad():
                         fake, y = fakes()
                     bi = next(batches)
-                    loss_d = hinge_d_loss(d(real[bi], real_y[bi]), d(fake, y))
+                    loss_d = hinge_d_loss(d(self._real_for_d(real[bi]), real_y[bi]), d(fake, y))
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
@@ -325,7 +358,7 @@ class PLGMI(Attack):
         aug = self._augment(jitter_p=1.0)
         with frozen(g, target), progress.task("plgmi inversion", total=c.iterations) as bar:
             for it in range(c.iterations):
-                x = (g(z, y) + 1) / 2
+                x = self._for_target(g(z, y))
                 out1, out2 = target(aug(x)), target(aug(x))
                 loss = max_margin_loss(out1, y) + max_margin_loss(out2, y)
                 opt.zero_grad(set_to_none=True)
@@ -336,7 +369,7 @@ class PLGMI(Attack):
                 bar.advance(1, loss=float(loss.detach()),
                             acc=float((out1.argmax(1) == y).float().mean()))
             with torch.no_grad():
-                imgs = ((g(z, y) + 1) / 2).view(k, s, *self.image_shape)
+                imgs = self._for_target(g(z, y)).view(k, s, *self.image_shape)
         return Inversion(
             images=imgs.detach().cpu().clamp(0, 1),
             classes=[int(v) for v in classes],
@@ -350,5 +383,6 @@ class PLGMI(Attack):
                 "augmentations": {"crop": c.aug_crop, "jitter(p=1.0)": c.aug_jitter,
                                   "flip": c.aug_flip, "rotate": c.aug_rotate},
                 "top_n": int(prior["selection.top_n"]) if "selection.top_n" in prior else None,
+                "image_range": c.image_range,
             },
         )

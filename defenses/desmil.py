@@ -4,27 +4,40 @@ to model inversion. It is not a published MI defense.
 
 The penultimate embedding (the output of the tapped ``layer``; MCNN/SCNN: ``pool``, i.e.
 ``model.embed(x)``) is split into ``interests`` contiguous chunks (``torch.tensor_split``).
-Per batch, StableNet's inner loop learns sample weights that decorrelate the chunks:
+Per batch, StableNet's inner loop (xxgege/StableNet ``training/reweighting.py``) learns sample
+weights that decorrelate the chunks:
 
-* fresh weight logits ``u = 0`` for the batch; ``inner_steps`` (20) SGD steps, lr ``inner_lr``
-  (1.0), momentum 0.9, lr x0.1 after half the steps;
-* weights = softmax over the batch *and* a memory of ``memory`` (128) past features and weight
-  logits (the memory enters detached);
+* fresh weight logits ``u`` for the batch (StableNet starts them at 1 and its memory logits at
+  1; mi-bench starts both at 0 - the softmax is the same); ``inner_steps`` (20) SGD steps, lr
+  ``inner_lr`` (1.0), momentum 0.9, lr x0.1 after half the steps;
+* weights = softmax over the batch *and* the filled slots of a memory of ``memory`` (128) past
+  features and weight logits (the memory enters detached);
 * objective ``sum_{i != j, chunk(i) != chunk(j)} C_w(i, j)^2 / lambda_p + sum_b softmax(u)_b^2``
   (``lambda_p`` = 70), where ``C_w = sum_n w_n phi_n phi_n^T - e e^T`` (``e = sum_n w_n phi_n``)
-  is the weighted covariance of random-Fourier-feature maps ``phi_d = sqrt(2) (cos(a_d h_d +
-  b_d) + sin(a_d h_d + b_d))``: one frequency per dimension, ``a ~ N(0, 1)``, ``b ~ U(0, 2 pi)``,
-  StableNet's summed cos/sin form. Only pairs of dimensions from *different* interests count
-  (with ``interests = 0`` every pair ``i != j`` counts, which is StableNet itself).
-* the memory is updated slot-wise with EMA 0.9 (a running mean over the first 10 batches, as
-  StableNet does in its first epoch) from the batch's features and logits;
+  is the weighted covariance of random-Fourier-feature maps of the feature dimensions. Only
+  pairs of dimensions from *different* interests count (with ``interests = 0`` every pair
+  ``i != j`` counts, which is StableNet itself).
+* Random Fourier features (``rff``):
+  - ``stablenet`` (default, StableNet's ``loss_reweighting.random_fourier_features_gpu`` with
+    ``num_f = 1``, ``sum = True``): one frequency ``a ~ N(0, 1)`` shared by all dimensions, a
+    phase ``b_d ~ U(0, 2 pi)`` per dimension, ``u = a h + b`` rescaled per sample to
+    ``[0, pi/2]`` by its min and max over the dimensions, ``phi = sqrt(2) (cos u + sin u)``,
+    **redrawn at every inner step** (the inner objective is itself random, as in StableNet);
+    mi-bench guards the rescale against a zero range (StableNet divides by it);
+  - ``per_dim``: mi-bench's earlier variant - one frequency per dimension ``a_d ~ N(0, 1)``, no
+    rescale, drawn once per batch and kept over the inner loop.
+* the memory is a ring buffer: each batch writes its first ``min(batch, memory)`` features and
+  learned logits into the next slots (wrapping around), so every slot is refreshed whichever
+  the batch size; a slot's first 10 writes form a running mean (StableNet's first-epoch warm
+  start), later ones an EMA with factor ``memory_ema`` (0.9). Empty slots take no part in the
+  softmax. (StableNet runs batch 128 = memory 128 and updates every slot from the same position
+  of each batch; with batch 64 its rule would leave half of a 128-slot memory at its initial
+  zeros for ever.)
 * the network is trained on ``sum_b softmax(u)_b CE_b`` (weights detached).
 
-Deviations from StableNet's code (documented choices): the Fourier features are drawn once per
-batch and kept fixed over the inner loop (StableNet redraws them at every inner step, so its
-inner objective is itself random); StableNet's min-max rescaling of the projections and its
-first-epoch loss scaling and lambda decay are not used. Random draws use torch's global
-generator (seeded by the trainer).
+StableNet's first-epoch loss scaling (``first_step_cons``) and lambda decay
+(``lambda_decay_rate``) are no-ops at its defaults (1 and 1) and are not implemented. Random
+draws use torch's global generator (seeded by the trainer).
 
 Optional ``beta_dec * sum_{i<j} HSIC(z^i, z^j)`` (plain biased HSIC, Gaussian kernels with
 bandwidth ``sigma^2 d``; ``sigma = 0``, the default, takes the median squared distance of the
@@ -63,7 +76,11 @@ class DESMILConfig(PluginConfig):
     inner_steps: int = param(20, ge=1, help="SGD steps of the weight learner (StableNet 20)")
     inner_lr: float = param(1.0, gt=0.0, help="lr of the weight learner (x0.1 after half)")
     inner_momentum: float = param(0.9, ge=0.0, lt=1.0, help="momentum of the weight learner")
-    memory: int = param(128, ge=0, help="slots of the feature/weight memory (0 = none)")
+    rff: str = param("stablenet", choices=("stablenet", "per_dim"),
+                     help="random Fourier features: StableNet's (shared frequency, per-dimension "
+                     "phase, per-sample rescale, redrawn each inner step) or one frequency per "
+                     "dimension drawn once per batch")
+    memory: int = param(128, ge=0, help="slots of the feature/weight ring memory (0 = none)")
     memory_ema: float = param(0.9, ge=0.0, lt=1.0, help="EMA factor of the memory")
     beta_dec: float = param(0.0, ge=0.0, sweep=(0.0, 1.0, 10.0, 100.0),
                             help="weight of the direct decorrelation sum_{i<j} HSIC(z^i, z^j)")
@@ -77,6 +94,19 @@ def rff(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Random Fourier features, one frequency per dimension: ``sqrt(2)(cos u + sin u)``,
     ``u = a * h + b`` (``h`` (n, d), ``a``, ``b`` (d,))."""
     u = h * a + b
+    return math.sqrt(2.0) * (torch.cos(u) + torch.sin(u))
+
+
+def stablenet_rff(h: torch.Tensor) -> torch.Tensor:
+    """StableNet's random Fourier features (one draw): ``u = a h + b`` with one shared
+    ``a ~ N(0, 1)`` and per-dimension ``b ~ U(0, 2 pi)``, rescaled per sample (over the
+    dimensions) to ``[0, pi/2]``; ``sqrt(2) (cos u + sin u)``."""
+    a = torch.randn((), device=h.device, dtype=h.dtype)
+    b = 2 * math.pi * torch.rand(h.shape[1], device=h.device, dtype=h.dtype)
+    u = h * a + b
+    u = u - u.amin(dim=1, keepdim=True)
+    u = u / u.amax(dim=1, keepdim=True).clamp_min(torch.finfo(h.dtype).tiny)
+    u = u * (math.pi / 2)
     return math.sqrt(2.0) * (torch.cos(u) + torch.sin(u))
 
 
@@ -122,14 +152,23 @@ def decorrelation_loss(
 
 
 class SampleWeighter:
-    """StableNet's per-batch weight learner with its feature/weight memory."""
+    """StableNet's per-batch weight learner with its feature/weight ring memory."""
+
+    WARM_START = 10  # a slot's first writes form a running mean (StableNet: first 10 batches)
 
     def __init__(self, cfg: DESMILConfig) -> None:
         self.cfg = cfg
         self.mem_feat: torch.Tensor | None = None
         self.mem_logit: torch.Tensor | None = None
+        self.mem_count: torch.Tensor | None = None  # writes per slot (0 = empty)
+        self.ptr = 0  # next slot to write
         self.updates = 0
         self.last_losses: list[float] = []
+
+    def _phi(self, feats: torch.Tensor, fixed: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        if fixed is not None:
+            return rff(feats, *fixed)
+        return stablenet_rff(feats)
 
     def learn(self, feat: torch.Tensor) -> torch.Tensor:
         """Sample weights (n,) for the batch ``feat`` (n, d): non-negative, summing to 1."""
@@ -140,10 +179,15 @@ class SampleWeighter:
         if mem_n and self.mem_feat is None:
             self.mem_feat = feat.new_zeros(mem_n, d)
             self.mem_logit = feat.new_zeros(mem_n)
-        feats = torch.cat([feat, self.mem_feat]) if mem_n else feat
-        a = torch.randn(d, device=feat.device, dtype=feat.dtype)
-        b = 2 * math.pi * torch.rand(d, device=feat.device, dtype=feat.dtype)
-        phi = rff(feats, a, b)
+            self.mem_count = torch.zeros(mem_n, dtype=torch.long, device=feat.device)
+        filled = (self.mem_count > 0) if mem_n else None
+        mem_feat = self.mem_feat[filled] if mem_n else feat[:0]
+        mem_logit = self.mem_logit[filled] if mem_n else feat.new_zeros(0)
+        feats = torch.cat([feat, mem_feat])
+        fixed = None
+        if cfg.rff == "per_dim":  # drawn once per batch
+            fixed = (torch.randn(d, device=feat.device, dtype=feat.dtype),
+                     2 * math.pi * torch.rand(d, device=feat.device, dtype=feat.dtype))
         mask = pair_mask(d, cfg.interests, feat.device)
         u = torch.zeros(n, device=feat.device, dtype=feat.dtype, requires_grad=True)
         opt = torch.optim.SGD([u], lr=cfg.inner_lr, momentum=cfg.inner_momentum)
@@ -153,28 +197,34 @@ class SampleWeighter:
             for step in range(cfg.inner_steps):
                 for g in opt.param_groups:
                     g["lr"] = cfg.inner_lr * (0.1 ** (step // half))
-                logits_all = torch.cat([u, self.mem_logit]) if mem_n else u
-                loss = decorrelation_loss(phi, logits_all, n, mask, cfg.lambda_p)
+                phi = self._phi(feats, fixed)  # stablenet: a fresh draw every inner step
+                loss = decorrelation_loss(phi, torch.cat([u, mem_logit]), n, mask, cfg.lambda_p)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
-            logits_all = torch.cat([u, self.mem_logit]) if mem_n else u
-            losses.append(float(decorrelation_loss(phi, logits_all, n, mask, cfg.lambda_p)))
+            phi = self._phi(feats, fixed)
+            losses.append(float(decorrelation_loss(phi, torch.cat([u, mem_logit]), n, mask, cfg.lambda_p).detach()))
         self.last_losses = losses
         u = u.detach()
         if mem_n:
-            k = min(n, mem_n)
-            if self.updates < 10:  # StableNet's warm start: running mean of the first batches
-                t = self.updates
-                self.mem_feat[:k] = (self.mem_feat[:k] * t + feat[:k]) / (t + 1)
-                self.mem_logit[:k] = (self.mem_logit[:k] * t + u[:k]) / (t + 1)
-            else:
-                r = cfg.memory_ema
-                self.mem_feat[:k] = self.mem_feat[:k] * r + feat[:k] * (1 - r)
-                self.mem_logit[:k] = self.mem_logit[:k] * r + u[:k] * (1 - r)
+            self._write(feat, u)
         self.updates += 1
         return torch.softmax(u, 0)
+
+    def _write(self, feat: torch.Tensor, u: torch.Tensor) -> None:
+        """Ring-buffer update of the next ``min(n, memory)`` slots."""
+        mem_n = self.cfg.memory
+        k = min(len(u), mem_n)
+        slots = (self.ptr + torch.arange(k, device=feat.device)) % mem_n
+        self.ptr = (self.ptr + k) % mem_n
+        count = self.mem_count[slots]
+        warm = (count < self.WARM_START).to(feat.dtype)
+        # warm start: running mean (the slot's initial zeros are dropped); then EMA
+        keep = warm * count.to(feat.dtype) / (count + 1).to(feat.dtype) + (1 - warm) * self.cfg.memory_ema
+        self.mem_feat[slots] = self.mem_feat[slots] * keep[:, None] + feat[:k] * (1 - keep[:, None])
+        self.mem_logit[slots] = self.mem_logit[slots] * keep + u[:k] * (1 - keep)
+        self.mem_count[slots] = count + 1
 
 
 @DEFENSES.register("desmil")

@@ -25,9 +25,12 @@ and adds Adversarial Weight Perturbation (AWP, Wu, Xia, Wang, NeurIPS 2020). mi-
   and gradients are computed at the perturbed weights; the perturbation is removed (the saved
   original tensors are copied back, so nothing is left behind, not even rounding); then the
   optimiser steps the original weights with the perturbed-point gradients. The ascent gradient
-  is the gradient of the same training loss at the unperturbed weights, which is exactly what
-  the proxy's SGD step uses; BatchNorm running statistics touched by that extra forward pass are
-  restored, as a separate proxy model would leave the model's own untouched. Adversarial
+  is the gradient of the *full* training objective (clean and degraded cross-entropy and the
+  HSIC terms) at the unperturbed weights, which is exactly what the proxy's SGD step uses, and
+  the ascent and the perturbed pass see the *same* degraded view of the batch (drawn once per
+  step), so AWP perturbs against the loss it then minimises; BatchNorm running statistics
+  touched by that extra forward pass are restored, as a separate proxy model would leave the
+  model's own untouched. Adversarial
   robustness is known to make models *easier* to invert: AWP is off by default and must be
   ablated, not assumed helpful.
 
@@ -200,6 +203,14 @@ class QAD(Defense):
             raise ValueError("qad: blur_sigma_min must be <= blur_sigma_max")
         self._epoch = 0
         self._awp_steps = 0
+        self._view: tuple[torch.Tensor, torch.Tensor] | None = None  # (batch x, its degraded view)
+
+    def _degraded(self, batch: TrainBatch) -> torch.Tensor:
+        """The batch's degraded view, drawn once per batch tensor (AWP's ascent and its
+        perturbed pass both call the loss on the same ``x``: they must see the same view)."""
+        if self._view is None or self._view[0] is not batch.x:
+            self._view = (batch.x, degrade(batch.x, self.cfg))
+        return self._view[1]
 
     def _layers(self, model: nn.Module) -> list[str]:
         n = len(self.cfg.layer_weights)
@@ -219,6 +230,7 @@ class QAD(Defense):
     def configure(self, model, optimizer, **kw):
         self._epoch = 0
         self._awp_steps = 0
+        self._view = None
         return model, optimizer
 
     def on_epoch_end(self, epoch: int) -> None:
@@ -231,7 +243,7 @@ class QAD(Defense):
         total = ce
         if not enabled_degradations(cfg):
             return LossOutput(total, terms)
-        x_deg = degrade(batch.x, cfg)
+        x_deg = self._degraded(batch)
         logits_deg, taps_deg = batch.forward(x_deg)
         ce_deg = F.cross_entropy(logits_deg, batch.y)
         total = total + cfg.ce_weight * ce_deg

@@ -382,14 +382,17 @@ def list_cmd() -> None:
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
 def leaderboard(db: str, records: Path | None, fmt: str, output: Path | None, plot: Path | None) -> None:
     """Stored results grouped over seeds (mean ± standard error)."""
-    from mi_bench.results import HEADERS, leaderboard as board, load_records, protocol_note, render, table_rows
+    from mi_bench.results import (
+        HEADERS, defense_effects, leaderboard as board, load_records, protocol_note, render, table_rows,
+    )
 
     if records is None and not Path(db).is_file():
         _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH / --records PATH")
     try:
-        rows = board(load_records(records or db))
+        records = load_records(records or db)
     except USER_ERRORS as exc:
         _fail(str(exc))
+    rows = board(records)
     if plot:
         from mi_bench.viz import tradeoff_plot
         tradeoff_plot(plot, rows, "accuracy vs leakage")
@@ -401,7 +404,8 @@ def leaderboard(db: str, records: Path | None, fmt: str, output: Path | None, pl
             t.add_row(*cells)
         stdout_console().print(t)
         return
-    text = render(rows, "markdown" if fmt == "table" else fmt)
+    fmt = "markdown" if fmt == "table" else fmt
+    text = render(rows, fmt, effects=defense_effects(records) if fmt == "markdown" else None)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)

@@ -4,15 +4,52 @@ Composition, later layers winning (Hydra-style, parsed by click):
 
 1. the schema defaults (:class:`RunConfig`, plugin ``Config`` dataclasses);
 2. ``configs/preset/<preset>.yaml`` - a patch of the whole config;
-3. ``configs/dataset/<dataset>.yaml`` - a patch of the whole config, then its ``presets.<preset>``;
+3. ``configs/dataset/<dataset>.yaml`` - a patch of the whole config (the dataset's protocol, its
+   evaluator recipe, epochs per preset), then its ``presets.<preset>``;
 4. ``configs/defense/<defense>.yaml`` - a patch of the ``defense`` section, then its
    ``presets.<preset>`` (third-party plugins may carry ``presets`` as a class attribute instead);
-5. ``configs/attack/<attack>.yaml`` - likewise for ``attack``;
-6. dotted overrides from the command line (``defense.lambda_x=0.05 seed=3``).
+5. the defense's **dataset entry** ``datasets.<dataset>`` (see below): the target's training
+   recipe and dataset-specific defense values;
+6. ``configs/attack/<attack>.yaml`` - likewise for ``attack`` (its fields, ``presets.<preset>``,
+   then ``datasets.<dataset>``);
+7. dotted overrides from the command line (``defense.lambda_x=0.05 seed=3``).
 
 Group options are selected with ``preset=``, ``dataset=``, ``defense=``, ``attack=``. A defense or
 attack option is either a YAML file of that group (``bido-coco``, an alias that sets
 ``measure: coco``) or the name of a registered plugin (entry-point plugins need no YAML).
+
+Dataset entries (per-method recipes). A defense or attack YAML may hold::
+
+    datasets:
+      mnist:                       # a dataset option or plugin name
+        target: {...}              # TrainConfig fields: how the target is trained (defense only)
+        defense: {...}             # fields of this defense, for this dataset (defense only)
+        attack: {...}              # fields of this attack, for this dataset (attack only)
+        presets:                   # optional, per preset, on top (same sections)
+          paper: {target: {...}}
+      digits: *mnist               # YAML anchors share an entry between datasets
+
+The entry is looked up by the dataset option name, then by the dataset plugin name; a dataset
+without an entry gets nothing from it (a new dataset needs no YAML change to work). A defense
+entry may patch only ``target`` and its own ``defense`` section, an attack entry only
+``attack``; anything else, and any unknown field, is refused with a :class:`ConfigError`.
+A recipe says *how* a target is trained (optimiser, lr, momentum, Nesterov, weight decay,
+milestones/gamma, batch size, sampler, drop_last); *how long* (epochs) is the preset's and
+dataset's business, so recipes apply under every preset and `quick`/`smoke` differ from
+`paper` only in epochs, data caps and network size.
+
+An alias option (a YAML whose ``name`` is another option's plugin, e.g. ``bido-coco``) inherits
+the plugin option's ``datasets`` entries, its own entries merged on top field by field.
+
+The undefended option ``none`` holds the dataset's published baseline recipe. A defense option
+whose entry has no ``target`` part (no official recipe, e.g. the QAD-/DESMIL-style adaptations)
+trains its target with ``none``'s recipe, so its published baseline is matched by construction.
+
+Matched baselines: ``recipe=<defense option>`` trains the target with that option's ``target``
+recipe instead of the selected defense's own (e.g. ``defense=none recipe=bido``: an undefended
+MCNN trained with BiDO's Adam lr 0.1). The defense's own ``defense``-section patches still
+apply. ``recipe`` is stored in the config (``recipe: bido``) and in the defense label
+(``none[recipe=bido]``); ``recipe`` equal to the selected defense option is the same as none.
 
 Every mistake - unknown group option, unknown key, wrong type, value out of range - raises
 :class:`ConfigError` with one line naming the problem and the fix, before any work starts.
@@ -38,7 +75,11 @@ from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, RegistryError, unknow
 from mi_bench.train import TrainConfig
 
 GROUPS = ("preset", "dataset", "defense", "attack")
-DEFAULTS = {"preset": "quick", "dataset": "digits", "defense": "none", "attack": "gmi"}
+SELECTORS = GROUPS + ("recipe",)  # key=value tokens that choose YAML, not dotted fields
+DEFAULTS = {"preset": "quick", "dataset": "digits", "defense": "none", "attack": "gmi", "recipe": ""}
+BASELINE = "none"  # the defense option whose dataset entries hold the published baseline recipes
+# sections a dataset entry of a defense / attack YAML may patch
+ENTRY_SECTIONS = {"defense": ("target", "defense"), "attack": ("attack",)}
 
 
 class ConfigError(ValueError):
@@ -93,6 +134,8 @@ def _evaluator_default() -> TrainConfig:
 @dataclass
 class RunConfig:
     preset: str = param("quick", help="preset name (smoke, quick, paper)")
+    recipe: str = param("", help="train the target with this defense option's recipe (matched "
+                        "baselines, e.g. defense=none recipe=bido); '' = the defense's own")
     seed: int = param(0, help="run seed: target training, prior training, inversion")
     eval_seed: int = param(1000, help="seed of the evaluation model (the fixed judge)")
     threads: int = param(1, ge=1, le=256, help="torch intra-op threads (see results/threads.md)")
@@ -155,7 +198,7 @@ def parse_overrides(tokens: list[str] | tuple[str, ...]) -> tuple[dict[str, str]
                 f"cannot parse '{tok}': overrides are key=value (e.g. defense=bido, seed=3)"
             )
         key, value = tok.split("=", 1)
-        if key in GROUPS:
+        if key in SELECTORS:
             groups[key] = value
         else:
             dotted.append(tok)
@@ -232,29 +275,114 @@ def _expected_type(cfg: DictConfig, full_key: str) -> str:
     return ""
 
 
-def _plugin_patch(group: str, option: str, preset: str, cls: Any) -> tuple[str, dict, dict]:
-    data = _read_yaml(group, option)
-    plugin = data.pop("name", option)
-    presets = {**{k: dict(v) for k, v in getattr(cls, "presets", {}).items()}, **(data.pop("presets", {}) or {})}
-    return plugin, data, dict(presets.get(preset, {}) or {})
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` over ``a``, recursively for mappings; new dicts (YAML anchors share objects)."""
+    out = {k: (_deep_merge(v, {}) if isinstance(v, dict) else v) for k, v in a.items()}
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = _deep_merge(v, {}) if isinstance(v, dict) else v
+    return out
+
+
+def _mapping(value: Any, origin: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin} must be a mapping, not {type(value).__name__}")
+    return value
+
+
+class _Option:
+    """A defense/attack option: its YAML (or the plugin class's attributes) split into the
+    plugin name, the section's base fields, ``presets`` and ``datasets``."""
+
+    def __init__(self, group: str, option: str, cls: Any) -> None:
+        self.group, self.option = group, option
+        self.origin = f"configs/{group}/{option}.yaml"
+        data = dict(_read_yaml(group, option))
+        self.plugin = data.pop("name", option)
+        presets = {k: dict(v) for k, v in getattr(cls, "presets", {}).items()}
+        presets.update(_mapping(data.pop("presets", None), f"{self.origin} presets"))
+        datasets = {k: dict(v) for k, v in getattr(cls, "datasets", {}).items()}
+        if self.plugin != option and (_config_dir() / group / f"{self.plugin}.yaml").is_file():
+            # an alias inherits its plugin option's dataset entries (recipes), entry by entry
+            datasets = _deep_merge(datasets, _Option(group, self.plugin, cls).datasets)
+        own = _mapping(data.pop("datasets", None), f"{self.origin} datasets")
+        self.base, self.presets = data, presets
+        self.datasets = _deep_merge(datasets, own)
+
+    def preset_patch(self, preset: str) -> dict[str, Any]:
+        return dict(_mapping(self.presets.get(preset), f"{self.origin} presets.{preset}"))
+
+    def entry_patches(self, dataset_keys: tuple[str, ...], preset: str) -> dict[str, list[tuple[dict, str]]]:
+        """Per section, the ordered patches of this option's dataset entry: the entry's own
+        part, then its ``presets.<preset>`` part. Empty when no key matches."""
+        key = next((k for k in dataset_keys if k in self.datasets), None)
+        if key is None:
+            return {}
+        origin = f"{self.origin} datasets.{key}"
+        entry = dict(_mapping(self.datasets[key], origin))
+        presets = _mapping(entry.pop("presets", None), f"{origin} presets")
+        layers = [(entry, origin, None)] + [
+            (_mapping(layer, f"{origin} presets.{name}"), f"{origin} presets.{name}", name)
+            for name, layer in presets.items()
+        ]
+        allowed = ENTRY_SECTIONS[self.group]
+        for layer, where, _ in layers:  # check every preset's layer, not only the selected one
+            bad = sorted(set(layer) - set(allowed))
+            if bad:
+                article = "an" if self.group == "attack" else "a"
+                raise ConfigError(f"{where}: {article} {self.group} entry cannot patch "
+                                  f"'{bad[0]}'; it may patch {', '.join(allowed)} (and hold presets)")
+        out: dict[str, list[tuple[dict, str]]] = {}
+        for layer, where, name in layers:
+            if name not in (None, preset):
+                continue
+            for section in allowed:
+                if layer.get(section):
+                    out.setdefault(section, []).append(
+                        (_mapping(layer[section], f"{where}.{section}"), f"{where}.{section}"))
+        return out
+
+
+def _option(group: str, option: str) -> _Option:
+    plugin = _read_yaml(group, option).get("name", option)
+    reg = DEFENSES if group == "defense" else ATTACKS
+    try:
+        cls = reg.get(plugin)
+    except RegistryError as exc:
+        raise ConfigError(str(exc)) from None
+    return _Option(group, option, cls)
+
+
+def _target_recipe(option: _Option, dataset_keys: tuple[str, ...], preset: str) -> list[tuple[dict, str]]:
+    """The target patches of ``option``'s recipe for the dataset; ``none``'s when it has none."""
+    recipe = option.entry_patches(dataset_keys, preset).get("target", [])
+    if recipe or option.option == BASELINE:
+        return recipe
+    return _option("defense", BASELINE).entry_patches(dataset_keys, preset).get("target", [])
 
 
 def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Resolve a full, validated :class:`RunConfig` from command-line style overrides."""
     groups, dotted = parse_overrides(tokens)
-    sel = {g: groups.get(g, DEFAULTS[g]) for g in GROUPS}
+    sel = {g: groups.get(g, DEFAULTS[g]) for g in SELECTORS}
     for g in GROUPS:
         valid = group_options(g)
         if sel[g] not in valid:
             raise ConfigError(unknown_choice_message(f"{g} option", sel[g], valid))
+    if sel["recipe"]:
+        valid = group_options("defense")
+        if sel["recipe"] not in valid:
+            raise ConfigError(unknown_choice_message("recipe (a defense option)", sel["recipe"], valid))
+    recipe = "" if sel["recipe"] == sel["defense"] else sel["recipe"]
 
     # which plugin classes the defense/attack options select (alias YAMLs name their plugin)
-    plugin_names = {g: _read_yaml(g, sel[g]).get("name", sel[g]) for g in ("defense", "attack")}
-    try:
-        defense_cls = DEFENSES.get(plugin_names["defense"])
-        attack_cls = ATTACKS.get(plugin_names["attack"])
-    except RegistryError as exc:
-        raise ConfigError(str(exc)) from None
+    options = {g: _option(g, sel[g]) for g in ("defense", "attack")}
+    defense_cls = DEFENSES.get(options["defense"].plugin)
+    attack_cls = ATTACKS.get(options["attack"].plugin)
 
     cfg: DictConfig = OmegaConf.structured(RunConfig)
     cfg.defense = OmegaConf.structured(defense_cls.Config)
@@ -268,12 +396,22 @@ def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
     cfg = _merge(cfg, ds_presets.get(preset, {}) or {}, f"configs/dataset/{sel['dataset']}.yaml presets.{preset}")
     if not (ds.get("dataset") or {}).get("name"):
         cfg.dataset.name = sel["dataset"]
-    for g, cls in (("defense", defense_cls), ("attack", attack_cls)):
-        plugin, base, pre = _plugin_patch(g, sel[g], preset, cls)
-        cfg = _merge(cfg, {g: base}, f"configs/{g}/{sel[g]}.yaml")
-        cfg = _merge(cfg, {g: pre}, f"configs/{g}/{sel[g]}.yaml presets.{preset}")
-        cfg[g].name = plugin
+    dataset_keys = (sel["dataset"], str(cfg.dataset.name))
+
+    for g in ("defense", "attack"):
+        opt = options[g]
+        cfg = _merge(cfg, {g: opt.base}, opt.origin)
+        cfg = _merge(cfg, {g: opt.preset_patch(preset)}, f"{opt.origin} presets.{preset}")
+        entry = opt.entry_patches(dataset_keys, preset)
+        if g == "defense":
+            source = _option("defense", recipe) if recipe else opt
+            for patch, origin in _target_recipe(source, dataset_keys, preset):
+                cfg = _merge(cfg, {"target": patch}, origin)
+        for patch, origin in entry.get(g, []):
+            cfg = _merge(cfg, {g: patch}, origin)
+        cfg[g].name = opt.plugin
     cfg.preset = preset
+    cfg.recipe = recipe
 
     if dotted:
         keys = [t.split("=", 1)[0] for t in dotted]
@@ -292,6 +430,12 @@ def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {str(exc).splitlines()[0]}") from None
     errors = validate_dataclass(run)
+    for section in ("target", "evaluator"):  # cross-field checks the trainer would raise late
+        tc = getattr(run, section)
+        if tc.optimizer == "sgd" and tc.nesterov and tc.momentum == 0:
+            errors.append(f"{section}.nesterov=true needs {section}.momentum > 0 (or nesterov=false)")
+        if any(m < 1 for m in tc.milestones):
+            errors.append(f"{section}.milestones={list(tc.milestones)}: epochs are counted from 1")
     if errors:
         raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     if run.dataset.name not in DATASETS:

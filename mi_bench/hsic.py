@@ -34,9 +34,10 @@ def linear_kernel(z: torch.Tensor) -> torch.Tensor:
     return z @ z.T
 
 
-def label_kernel(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Linear kernel on one-hot labels: ``Y Y^T`` (1 where two samples share a label)."""
-    onehot = F.one_hot(y, num_classes).to(torch.get_default_dtype())
+def label_kernel(y: torch.Tensor, num_classes: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Linear kernel on one-hot labels: ``Y Y^T`` (1 where two samples share a label), in
+    ``dtype`` (default: torch's default dtype; pass the features' dtype to pair it with them)."""
+    onehot = F.one_hot(y, num_classes).to(dtype or torch.get_default_dtype())
     return onehot @ onehot.T
 
 

@@ -55,9 +55,10 @@ TARGET_VERSION = "1"
 EVALUATOR_VERSION = "1"
 
 
-def defense_label(defense_cfg: Any) -> str:
+def defense_label(defense_cfg: Any, recipe: str = "") -> str:
     """``bido[lambda_x=0.05,lambda_y=0.5]``: the name, its strength fields (those with a sweep
-    range) and any choice field that differs from its default (``measure=coco``)."""
+    range) and any choice field that differs from its default (``measure=coco``); a target
+    trained with another defense option's recipe adds it (``none[recipe=bido]``)."""
     parts = []
     for f in dataclasses.fields(defense_cfg):
         value = getattr(defense_cfg, f.name)
@@ -65,6 +66,8 @@ def defense_label(defense_cfg: Any) -> str:
             continue
         if f.metadata.get("sweep") or (f.metadata.get("choices") and value != f.default):
             parts.append(f"{f.name}={value}")
+    if recipe:
+        parts.append(f"recipe={recipe}")
     return f"{defense_cfg.name}[{','.join(parts)}]" if parts else defense_cfg.name
 
 
@@ -293,7 +296,7 @@ class Runner:
             "config": config,
             "config_hash": config_hash(config),
             "group_hash": config_hash(config, drop=("seed",)),
-            "defense_label": defense_label(cfg.defense),
+            "defense_label": defense_label(cfg.defense, cfg.recipe),
             "seed": cfg.seed,
             "protocol": {
                 "data": splits.info,
@@ -339,7 +342,7 @@ class Runner:
         class_names = splits.info.get("class_names")  # face datasets: identity names
         names = [f"class {c} ({class_names[c] if class_names else f'digit {splits.private_classes[c]}'})"
                  f"\nE acc {metrics['per_class'][c]:.0%}" for c in inversion.classes]
-        title = (f"{cfg.attack.name} vs {defense_label(cfg.defense)} on {splits.name} "
+        title = (f"{cfg.attack.name} vs {defense_label(cfg.defense, cfg.recipe)} on {splits.name} "
                  f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
                  f"{metrics['attack_acc']:.0%}, target acc {metrics['target_acc']:.1%}")
         return save_grid(path, inversion.images, inversion.classes, real, correct, preds, names, title)

@@ -14,6 +14,14 @@ JSON records and the submitting host indexes them (``mi-bench sweep --status`` /
 
 A leaderboard entry groups runs that differ only in their seed and reports mean +- standard
 error over seeds, with the protocol next to the numbers.
+
+:func:`defense_effects` compares every defended entry with two undefended ones of the same
+dataset, protocol, attack, preset, evaluator and attack settings: the *published* baseline
+(``none`` trained with its own recipe, ``recipe`` empty) and the *matched* baseline (``none``
+whose target was trained exactly like the defended target: same ``target`` section, e.g.
+``defense=none recipe=bido``). It reports the change in attack accuracy against each, with a
+Welch 95% interval over target seeds, and marks a defense whose effect disappears against the
+matched baseline. :func:`render_effects` prints it as a markdown table.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable
+
+from mi_bench.stats import mean_interval, welch_interval
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -409,7 +419,161 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
-def render(rows: list[dict[str, Any]], fmt: str) -> str:
+# -- defense effect vs published and matched baselines -----------------------------------------
+
+BASELINE_DEFENSE = "none"
+# config fields a baseline may differ in from the defended entry (besides the non-semantic ones)
+_EFFECT_FREE = ("seed", "defense", "recipe", "target", "threads", "device", "data_root",
+                "cache_dir", "results_db", "results_dir")
+
+
+def _context(cfg: dict[str, Any]) -> str:
+    """What must be equal between a defended entry and its baselines: everything but the
+    defense, the target's training recipe, the seed and where/how fast it ran."""
+    blob = json.dumps({k: v for k, v in cfg.items() if k not in _EFFECT_FREE}, sort_keys=True,
+                      default=str)
+    return blob
+
+
+def _values(recs: list[dict[str, Any]], metric: str) -> list[float]:
+    out = []
+    for r in recs:
+        v = r["metrics"].get(metric)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(float(v))
+    return out
+
+
+def _compare(defended: list[float], base: list[float]) -> dict[str, Any]:
+    if not defended or not base:
+        return {"delta": None, "delta_ci": None}
+    diff, lo, hi = welch_interval(defended, base)
+    return {"delta": diff, "delta_ci": None if lo is None else [lo, hi]}
+
+
+def _verdict(pub: dict[str, Any] | None, mat: dict[str, Any] | None) -> str:
+    """``holds`` / ``vanishes vs matched`` / ``only vs matched`` / ``no effect`` / ``n/a: ...``.
+    An effect is a drop in attack accuracy whose 95% interval lies below 0."""
+    if pub is None or mat is None:
+        return "n/a: " + ("no published baseline" if pub is None else "no matched baseline")
+    if pub["delta_ci"] is None or mat["delta_ci"] is None:
+        return "n/a: needs >= 2 target seeds on each side"
+    drop_pub, drop_mat = pub["delta_ci"][1] < 0, mat["delta_ci"][1] < 0
+    if drop_pub and drop_mat:
+        return "holds"
+    if drop_pub:
+        return "vanishes vs matched"
+    return "only vs matched" if drop_mat else "no effect"
+
+
+def defense_effects(records: list[dict[str, Any]], metric: str = "attack_acc") -> list[dict[str, Any]]:
+    """For each defended leaderboard entry: ``metric`` (mean and Student-t 95% interval over
+    target seeds) and its change against the published and the matched undefended baseline
+    (difference of means, Welch 95% interval; negative = the defense lowers the metric).
+
+    Baselines are looked up among entries with ``defense.name == "none"`` and the same config
+    apart from the defense, the recipe, the ``target`` section and the seed: the published one
+    has ``recipe == ""`` (with several, the one with the most seeds), the matched one has the
+    defended entry's exact ``target`` section (the same optimiser, lr, schedule, epochs, batch,
+    sampler and drop-last). When the defense trains with the baseline's recipe the two are the
+    same entry (``matched_is_published``). ``verdict``: see :func:`_verdict`.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r["group_hash"], []).append(r)
+    entries = []
+    for recs in groups.values():
+        cfg = recs[0]["config"]
+        entries.append({"recs": recs, "cfg": cfg, "context": _context(cfg),
+                        "label": recs[0]["defense_label"],
+                        "seeds": sorted({r["config"]["seed"] for r in recs}),
+                        "values": _values(recs, metric)})
+    baselines = [e for e in entries if e["cfg"]["defense"]["name"] == BASELINE_DEFENSE]
+    out = []
+    for e in entries:
+        cfg = e["cfg"]
+        if cfg["defense"]["name"] == BASELINE_DEFENSE:
+            continue
+        same = [b for b in baselines if b["context"] == e["context"]]
+        published = max((b for b in same if not b["cfg"].get("recipe")),
+                        key=lambda b: len(b["values"]), default=None)
+        matched = [b for b in same if b["cfg"]["target"] == cfg["target"]]
+        matched_b = published if published in matched else max(
+            matched, key=lambda b: len(b["values"]), default=None)
+        mean, lo, hi = mean_interval(e["values"]) if e["values"] else (None, None, None)
+        row: dict[str, Any] = {
+            "dataset": cfg["dataset"]["name"], "protocol": cfg["dataset"]["protocol"],
+            "attack": cfg["attack"]["name"], "preset": cfg["preset"], "defense": e["label"],
+            "metric": metric, "seeds": e["seeds"], "value": mean,
+            "value_ci": None if lo is None else [lo, hi],
+        }
+        comps = {}
+        for kind, base in (("published", published), ("matched", matched_b)):
+            if base is None:
+                row[kind] = None
+                continue
+            bmean, blo, bhi = mean_interval(base["values"]) if base["values"] else (None, None, None)
+            comps[kind] = {"defense": base["label"], "seeds": base["seeds"], "value": bmean,
+                           "value_ci": None if blo is None else [blo, bhi],
+                           **_compare(e["values"], base["values"])}
+            row[kind] = comps[kind]
+        row["matched_is_published"] = matched_b is not None and matched_b is published
+        row["verdict"] = _verdict(comps.get("published"), comps.get("matched"))
+        out.append(row)
+    out.sort(key=lambda r: (r["dataset"], r["protocol"], r["attack"], r["preset"], r["defense"]))
+    return out
+
+
+EFFECTS_NOTE = (
+    "Change in attack accuracy (percentage points, defended minus undefended; negative = the "
+    "defense lowers it), mean over target seeds with a Welch 95% interval (unequal variances). "
+    "Published baseline: `none` trained with its own recipe. Matched baseline: `none` trained "
+    "with the defense's recipe (identical `target` section: optimiser, lr, schedule, epochs, "
+    "batch, sampler, drop-last), e.g. `defense=none recipe=bido`. Verdict: *holds* = the "
+    "interval lies below 0 against both; *vanishes vs matched* = below 0 against the published "
+    "baseline only, so the recipe, not the defense, explains the drop."
+)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _delta(c: dict[str, Any] | None) -> str:
+    if not c or c.get("delta") is None:
+        return "-"
+    s = f"{100 * c['delta']:+.1f}"
+    if c["delta_ci"]:
+        s += f" [{100 * c['delta_ci'][0]:+.1f}, {100 * c['delta_ci'][1]:+.1f}]"
+    return s
+
+
+def render_effects(effects: list[dict[str, Any]]) -> str:
+    """The output of :func:`defense_effects` as a markdown table with its note."""
+    headers = ["dataset", "protocol", "attack", "preset", "defense", "seeds", "attack acc %",
+               "published baseline", "Δ vs published (pp)", "matched baseline",
+               "Δ vs matched (pp)", "verdict"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in effects:
+        def base(kind: str) -> str:
+            b = r.get(kind)
+            if b is None:
+                return "none found"
+            same = " (= published)" if kind == "matched" and r["matched_is_published"] else ""
+            return f"{b['defense']}{same}: {_pct(b['value'])} (seeds {','.join(map(str, b['seeds']))})"
+        verdict = r["verdict"]
+        cells = [r["dataset"], r["protocol"], r["attack"], r["preset"], r["defense"],
+                 ",".join(map(str, r["seeds"])), _pct(r["value"]), base("published"),
+                 _delta(r.get("published")), base("matched"), _delta(r.get("matched")),
+                 f"**{verdict}**" if verdict == "vanishes vs matched" else verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n{EFFECTS_NOTE}\n"
+
+
+def render(rows: list[dict[str, Any]], fmt: str,
+           effects: list[dict[str, Any]] | None = None) -> str:
+    """``rows`` (see :func:`leaderboard`) in ``fmt``; with ``effects`` (see
+    :func:`defense_effects`) the markdown output adds the "defense effect vs baselines" table."""
     if fmt == "json":
         return json.dumps(rows, indent=2)
     body = table_rows(rows)
@@ -427,7 +591,10 @@ def render(rows: list[dict[str, Any]], fmt: str) -> str:
     if fmt == "markdown":
         lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
         lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines) + f"\n\n{note}\n"
+        text = "\n".join(lines) + f"\n\n{note}\n"
+        if effects:
+            text += "\n## Defense effect vs baselines\n\n" + render_effects(effects)
+        return text
     if fmt == "latex":
         esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$")  # noqa: E731
         lines = [r"\begin{tabular}{" + "l" * 6 + "r" * (len(HEADERS) - 6) + "}", r"\toprule",

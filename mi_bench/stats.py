@@ -5,6 +5,8 @@ intervals for means over seeds.
   (Wilson 1927). Unlike the normal approximation it stays inside [0, 1] and is sensible at
   ``k = 0`` or ``k = n``, which is where attack accuracy often sits.
 * :func:`mean_interval` - mean and 95% Student-t interval of per-seed values.
+* :func:`welch_interval` - difference of two means (e.g. a defense minus its baseline, over
+  target seeds) with Welch's 95% t interval (unequal variances).
 """
 
 from __future__ import annotations
@@ -48,3 +50,25 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
     half = _st.t.ppf(0.5 + level / 2, len(vals) - 1) * sd / math.sqrt(len(vals))
     return mean, mean - half, mean + half
+
+
+def welch_interval(a: Sequence[float], b: Sequence[float],
+                   level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """``(mean(a) - mean(b), low, high)``: Welch's t interval for a difference of means with
+    unequal variances (Welch-Satterthwaite degrees of freedom); no interval unless both sides
+    have at least two values."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if not a or not b:
+        raise ValueError("welch_interval needs at least one value on each side")
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    diff = ma - mb
+    if len(a) < 2 or len(b) < 2:
+        return diff, None, None
+    va = sum((v - ma) ** 2 for v in a) / (len(a) - 1) / len(a)
+    vb = sum((v - mb) ** 2 for v in b) / (len(b) - 1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = _st.t.ppf(0.5 + level / 2, df) * se
+    return diff, float(diff - half), float(diff + half)

@@ -1,5 +1,14 @@
 """One classifier trainer for targets (under any defense) and evaluation models.
 
+Optimisation (:class:`TrainConfig`): SGD (optionally Nesterov) or Adam with weight decay; an
+optional step schedule (``milestones``, ``gamma``: the lr is multiplied by ``gamma`` after each
+listed epoch, like ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch, as the
+official BiDO/MID/GMI trainers do); ``drop_last`` drops the last, partial batch of each shuffled
+epoch (the official MNIST/CelebA loaders all use ``drop_last=True``; it matters where a loss
+depends on the batch size m, e.g. BiDO's normalised HSIC). Which recipe a target is trained with
+is decided by the config (``configs/defense/*.yaml`` ``datasets:`` entries, see
+``mi_bench.config``), not here.
+
 Model selection (documented, and stored with every result): with ``selection=best_val`` the
 weights of the epoch with the highest accuracy on the *validation* split (carved from the
 training data) are kept; ``last`` keeps the final epoch. The test split is only used once, for
@@ -33,8 +42,14 @@ class TrainConfig:
     batch_size: int = param(64, ge=2, help="batch size")
     optimizer: str = param("sgd", choices=("sgd", "adam"), help="optimiser")
     lr: float = param(0.01, gt=0.0, help="learning rate")
-    momentum: float = param(0.9, ge=0.0, lt=1.0, help="SGD momentum")
+    momentum: float = param(0.9, ge=0.0, lt=1.0, help="SGD momentum (ignored by adam)")
+    nesterov: bool = param(False, help="Nesterov momentum (sgd with momentum > 0)")
     weight_decay: float = param(1e-4, ge=0.0, help="weight decay")
+    milestones: list[int] = param(default_factory=list,
+                                  help="epochs after which the lr is multiplied by gamma "
+                                  "(MultiStepLR stepped per epoch; empty = constant lr)")
+    gamma: float = param(0.1, gt=0.0, le=1.0, help="lr factor at each milestone")
+    drop_last: bool = param(False, help="drop the last partial batch of each shuffled epoch")
     sampler: str = param("random", choices=("random", "pk"),
                          help="batches: shuffled, or P classes x K images (BiDO's identity sampler)")
     pk_classes: int = param(16, ge=1, help="P of the P x K sampler (K = batch_size // P)")
@@ -58,8 +73,32 @@ class TrainResult:
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.nesterov and cfg.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0 (set target.momentum or nesterov=false)")
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """``MultiStepLR(milestones, gamma)`` stepped once per epoch, or ``None`` without milestones."""
+    if not cfg.milestones:
+        return None
+    if any(m < 1 for m in cfg.milestones):
+        raise ValueError(f"milestones={list(cfg.milestones)}: epochs are counted from 1")
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(cfg.milestones), gamma=cfg.gamma)
+
+
+def epoch_batches(n: int, cfg: TrainConfig, labels: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+    """The trainer's own sampling: P x K identity batches, or a shuffled epoch (its last partial
+    batch dropped when ``cfg.drop_last``)."""
+    if cfg.sampler == "pk":
+        p = cfg.pk_classes
+        return pk_batches(labels, p, max(1, cfg.batch_size // p), gen)
+    batches = random_batches(n, cfg.batch_size, gen)
+    if cfg.drop_last and len(batches) > 1 and len(batches[-1]) < cfg.batch_size:
+        batches.pop()
+    return batches
 
 
 @torch.no_grad()
@@ -128,6 +167,7 @@ def train_classifier(
     gen = torch.Generator().manual_seed(seed + 1)
     x_tr, y_tr = train
     optimizer = make_optimizer(model.parameters(), cfg)
+    scheduler = make_scheduler(optimizer, cfg)  # on the plain optimiser: wrappers share its groups
     model, optimizer = defense.configure(
         model, optimizer, n_train=len(y_tr), batch_size=cfg.batch_size, epochs=cfg.epochs,
         generator=gen,
@@ -150,11 +190,7 @@ def train_classifier(
                 model.train()
                 batches = defense.epoch_batches(y_tr, cfg.batch_size, gen)
                 if batches is None:
-                    if cfg.sampler == "pk":
-                        p = cfg.pk_classes
-                        batches = pk_batches(y_tr, p, max(1, cfg.batch_size // p), gen)
-                    else:
-                        batches = random_batches(len(y_tr), cfg.batch_size, gen)
+                    batches = epoch_batches(len(y_tr), cfg, y_tr, gen)
                 sums: dict[str, float] = {}
                 correct = seen = 0
                 for idx in batches:
@@ -185,9 +221,13 @@ def train_classifier(
                         correct += int((holder["logits"].detach().argmax(1) == yb).sum())
                         seen += len(yb)
                 defense.on_epoch_end(epoch)
+                lr_used = optimizer.param_groups[0]["lr"]
+                if scheduler is not None:
+                    scheduler.step()
                 val_acc = accuracy(defense.export_model(model), *val)
                 row = {k: v / max(1, len(batches)) for k, v in sums.items()}
-                row.update(epoch=epoch + 1, train_acc=correct / max(1, seen), val_acc=val_acc,
+                row.update(epoch=epoch + 1, lr=lr_used, batches=len(batches),
+                           train_acc=correct / max(1, seen), val_acc=val_acc,
                            seconds=time.perf_counter() - t0)
                 result.history.append(row)
                 score = val_acc if val_acc == val_acc else -epoch  # no val split: keep last

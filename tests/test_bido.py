@@ -49,7 +49,43 @@ def test_bido_with_nonzero_lambdas_changes_training_and_logs_terms(small, measur
     assert any(not torch.equal(ref[k], v) for k, v in res.model.state_dict().items())
     row = res.history[-1]
     assert row["d_xz"] > 0 and row["d_zy"] > 0
-    assert row["loss"] == pytest.approx(row["ce"] + 0.05 * row["d_xz"] - 0.5 * row["d_zy"], rel=0.2, abs=0.5)
+    # d_xz / d_zy are logged as means over MCNN's 3 tapped layers; the loss sums the layers
+    assert row["loss"] == pytest.approx(row["ce"] + 3 * (0.05 * row["d_xz"] - 0.5 * row["d_zy"]),
+                                        rel=0.2, abs=0.5)
+
+
+def _one_batch(dtype):
+    from mi_bench.interfaces import TrainBatch
+    from mi_bench.train import Taps
+
+    torch.manual_seed(0)
+    model = build_model("mcnn", num_classes=5, in_channels=1, width=0.25).to(dtype)
+    x, y = torch.rand(16, 1, 32, 32, dtype=dtype), torch.arange(16) % 5
+    taps = Taps(model, list(model.hidden_layers))
+    logits = model(x)
+    out = dict(taps.outputs)
+    taps.remove()
+    return TrainBatch(x, y, logits, out, model, 0, 0, None)
+
+
+@pytest.mark.parametrize("measure", ["hsic", "coco"])
+def test_bido_terms_are_layer_means_and_float64_taps_work(measure):
+    """The official log prints the mean over layers (the loss sums them); the label kernel is
+    built in the taps' dtype, so float64 taps no longer raise with COCO."""
+    from mi_bench.hsic import dependence, gaussian_kernel, label_kernel
+
+    d = _defense(BiDO, BiDOConfig(name="bido", measure=measure, lambda_x=0.5, lambda_y=2.0))
+    for dtype in (torch.float32, torch.float64):
+        batch = _one_batch(dtype)
+        out = d.compute_loss(batch)
+        assert out.total.dtype == dtype
+        kx, ky = gaussian_kernel(batch.x, 5.0), label_kernel(batch.y, 5, dtype=dtype)
+        dxs = [float(dependence(measure, kx, gaussian_kernel(z, 5.0))) for z in batch.taps.values()]
+        dys = [float(dependence(measure, gaussian_kernel(z, 5.0), ky)) for z in batch.taps.values()]
+        assert out.terms["d_xz"] == pytest.approx(sum(dxs) / 3, rel=1e-5)
+        assert out.terms["d_zy"] == pytest.approx(sum(dys) / 3, rel=1e-5)
+        ce = torch.nn.functional.cross_entropy(batch.logits, batch.y)
+        assert float(out.total) == pytest.approx(float(ce) + 0.5 * sum(dxs) - 2.0 * sum(dys), rel=1e-5)
 
 
 def test_measure_flag_reaches_the_loss(small):

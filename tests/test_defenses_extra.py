@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from mi_bench.data import DatasetConfig, load_splits
 from mi_bench.defenses.desmil import (
-    DESMIL, DESMILConfig, SampleWeighter, decorrelation_loss, pair_mask, rff, weighted_cov,
+    DESMIL, DESMILConfig, SampleWeighter, decorrelation_loss, pair_mask, rff, stablenet_rff,
+    weighted_cov,
 )
 from mi_bench.defenses.dpsgd import DPSGD, DPSGDConfig
 from mi_bench.defenses.mid import MID, MIDConfig, VIBHead, kl_divergence, vib_stats
@@ -267,6 +268,42 @@ def test_awp_warmup(data):
     assert d.report()["awp_steps"] == 4  # 100 images / 32 = 4 batches, second epoch only
 
 
+def test_qad_awp_ascent_and_perturbed_pass_share_one_degraded_view(monkeypatch):
+    """AWP calls the loss twice per step (ascent at w, then at w + v): both must see the same
+    randomly degraded batch, and the ascent uses the full objective (HSIC term included)."""
+    import mi_bench.defenses.qad as qad
+
+    calls = []
+    real_degrade = qad.degrade
+    monkeypatch.setattr(qad, "degrade", lambda x, cfg: calls.append(1) or real_degrade(x, cfg))
+    torch.manual_seed(0)
+    model = small().train()
+    d = QAD(QADConfig(awp_gamma=0.002, awp_warmup=0), **KW)
+    taps = Taps(model, d.tap_layers(model))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    d.configure(model, opt)
+
+    def forward(x):
+        taps.outputs = {}
+        return model(x), taps.outputs
+
+    losses = []
+    for step in range(2):
+        x, y = torch.rand(16, 1, 32, 32), torch.arange(16) % 5
+
+        def closure(x=x, y=y, step=step):
+            logits, tapped = forward(x)
+            out = d.compute_loss(TrainBatch(x, y, logits, dict(tapped), model, 0, step, forward))
+            losses.append(out.terms)
+            return out
+
+        d.optimizer_step(model, opt, closure)
+        assert len(calls) == step + 1  # one draw per batch, not one per loss evaluation
+    assert d.report()["awp_steps"] == 2
+    assert all("hsic_clean_degraded" in t for t in losses)  # the ascent's loss is the full one
+    taps.remove()
+
+
 def test_qad_bad_params():
     assert error_names(QADConfig(alpha_q=-1.0), "alpha_q")
     assert error_names(QADConfig(jpeg_quality_max=120.0), "jpeg_quality_max")
@@ -316,19 +353,119 @@ def test_pair_mask():
     assert int(pair_mask(5, 0).sum()) == 20  # every i != j: StableNet
 
 
+def _anti_correlated(n=64, d=16, seed=0):
+    """Half of the dimensions follow a common factor, the other half its negative: dependence
+    that survives StableNet's per-sample rescale (a common shift of every dimension does not)."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.randn(n, 1, generator=g)
+    h = 0.3 * torch.randn(n, d, generator=g)
+    h[:, : d // 2] += common
+    h[:, d // 2:] -= common
+    return h
+
+
+def _check_weights(w, n=64):
+    assert w.shape == (n,) and float(w.min()) >= 0.0
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("memory", [0, 128])
-def test_desmil_weights_distribution_and_inner_loop_decreases(memory):
+def test_desmil_per_dim_rff_weights_and_inner_loop_decreases(memory):
     torch.manual_seed(0)
-    w_learner = SampleWeighter(DESMILConfig(memory=memory, interests=4, lambda_p=1.0))
+    w_learner = SampleWeighter(DESMILConfig(memory=memory, interests=4, lambda_p=7.0, rff="per_dim"))
     for seed in range(3):  # several batches: the memory fills
         w = w_learner.learn(_correlated(seed=seed))
-        assert w.shape == (64,) and float(w.min()) >= 0.0
-        assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
-        losses = w_learner.last_losses
+        _check_weights(w)
+        losses = w_learner.last_losses  # fixed features over the inner loop: comparable losses
         assert losses[-1] < 0.9 * losses[0]
         assert float(w.max() - w.min()) > 1e-4  # not left uniform
     if memory:
         assert w_learner.mem_feat.shape == (128, 8) and float(w_learner.mem_feat.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("memory", [0, 128])
+def test_desmil_stablenet_rff_lowers_the_expected_objective(memory):
+    """StableNet's features are redrawn at every inner step, so single losses are noisy: judge
+    the learned weights by the decorrelation objective averaged over 50 fixed draws."""
+    torch.manual_seed(0)
+    w_learner = SampleWeighter(DESMILConfig(memory=memory, interests=4, lambda_p=0.1))
+    assert w_learner.cfg.rff == "stablenet"
+    mask = pair_mask(16, 4)
+
+    def objective(feat, w):
+        torch.manual_seed(99)
+        return sum(float((weighted_cov(stablenet_rff(feat), w).pow(2) * mask).sum())
+                   for _ in range(50)) / 50
+
+    for seed in range(3):
+        feat = _anti_correlated(seed=seed)
+        w = w_learner.learn(feat)
+        _check_weights(w)
+        assert objective(feat, w) < 0.9 * objective(feat, torch.full((64,), 1 / 64))
+
+
+def test_stablenet_rff_formula_and_redraw_every_inner_step(monkeypatch):
+    import mi_bench.defenses.desmil as desmil
+
+    h = torch.randn(6, 5, dtype=torch.float64)
+    torch.manual_seed(4)
+    a = torch.randn((), dtype=torch.float64)  # one frequency shared by every dimension
+    b = 2 * math.pi * torch.rand(5, dtype=torch.float64)  # one phase per dimension
+    u = h * a + b
+    lo, hi = u.min(1, keepdim=True).values, u.max(1, keepdim=True).values
+    u = (u - lo) / (hi - lo) * math.pi / 2  # per-sample min-max rescale to [0, pi/2]
+    torch.manual_seed(4)
+    got = stablenet_rff(h)
+    torch.testing.assert_close(got, math.sqrt(2) * (torch.cos(u) + torch.sin(u)))
+    assert float(got.min()) >= math.sqrt(2) - 1e-12 and float(got.max()) <= 2 + 1e-12
+    calls = []
+    monkeypatch.setattr(desmil, "stablenet_rff", lambda x: calls.append(1) or stablenet_rff(x))
+    SampleWeighter(DESMILConfig(memory=0, inner_steps=7)).learn(torch.randn(16, 8))
+    assert len(calls) == 7 + 1  # one draw per inner step, one for the final loss
+    calls.clear()
+    SampleWeighter(DESMILConfig(memory=0, inner_steps=7, rff="per_dim")).learn(torch.randn(16, 8))
+    assert not calls
+
+
+def test_desmil_memory_is_a_ring_buffer_fully_used(monkeypatch):
+    """Batch 64, memory 128: StableNet's positional rule would leave slots 64-127 at zero for
+    ever; the ring buffer fills them on the second batch and refreshes every slot."""
+    torch.manual_seed(0)
+    w = SampleWeighter(DESMILConfig(memory=128, inner_steps=2))
+    b1, b2, b3 = (torch.randn(64, 8) for _ in range(3))
+    w.learn(b1)
+    assert int((w.mem_count > 0).sum()) == 64 and w.ptr == 64
+    torch.testing.assert_close(w.mem_feat[:64], b1)  # a slot's first write is the value itself
+    import mi_bench.defenses.desmil as desmil
+
+    seen = {}
+
+    def spy(phi, logits, n, mask, lp):
+        seen["memory_slots"] = len(logits) - n
+        return decorrelation_loss(phi, logits, n, mask, lp)
+
+    monkeypatch.setattr(desmil, "decorrelation_loss", spy)
+    w.learn(b2)  # the softmax runs over the batch and the 64 filled slots only
+    assert seen["memory_slots"] == 64
+    w.learn(b3)
+    assert seen["memory_slots"] == 128
+    assert bool((w.mem_count > 0).all()) and w.ptr == 64
+    torch.testing.assert_close(w.mem_feat[64:], b2)
+    torch.testing.assert_close(w.mem_feat[:64], (b1 + b3) / 2)  # warm start: running mean
+    assert w.mem_count.tolist() == [2] * 64 + [1] * 64
+
+
+def test_desmil_memory_smaller_than_the_batch_and_ema_after_warm_start():
+    torch.manual_seed(0)
+    w = SampleWeighter(DESMILConfig(memory=32, inner_steps=1, memory_ema=0.9))
+    feats = [torch.randn(48, 4) for _ in range(11)]
+    for f in feats[:10]:
+        w.learn(f)
+    assert bool((w.mem_count == 10).all())  # 32 slots, 32 written per batch (the first 32 rows)
+    mean10 = torch.stack([f[:32] for f in feats[:10]]).mean(0)
+    torch.testing.assert_close(w.mem_feat, mean10)
+    w.learn(feats[10])
+    torch.testing.assert_close(w.mem_feat, 0.9 * mean10 + 0.1 * feats[10][:32])
 
 
 def test_desmil_switched_off_is_plain_training(data):
@@ -432,6 +569,22 @@ def test_dpsgd_model_has_no_batchnorm_and_exports_plain_module(data):
     for _, mod in out.named_modules():  # Opacus' hooks are gone after training
         assert not mod._forward_hooks and not mod._backward_hooks
     assert all(not hasattr(p, "grad_sample") for p in out.parameters())
+
+
+@pytest.mark.parametrize("poisson", [True, False])
+def test_dpsgd_forbids_grad_accumulation_under_poisson(poisson):
+    """As PrivacyEngine.make_private: with Poisson sampling a step may not mix two batches."""
+    d = DPSGD(DPSGDConfig(poisson=poisson), **KW)
+    model = d.build_model(small())
+    gsm, _ = d.configure(model, torch.optim.SGD(model.parameters(), lr=0.1), n_train=100,
+                         batch_size=10, epochs=1, generator=torch.Generator())
+    assert gsm.grad_accumulation_allowed is (not poisson)
+    x, y = torch.rand(4, 1, 32, 32), torch.arange(4)
+    F.cross_entropy(gsm(x), y).backward()
+    if poisson:
+        with pytest.raises(ValueError, match="accumulat"):
+            F.cross_entropy(gsm(x), y).backward()
+    d.release()
 
 
 def test_dpsgd_poisson_batches():

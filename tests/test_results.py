@@ -61,3 +61,64 @@ def test_leaderboard_compares_by_kid_when_sample_counts_differ():
     other = rec("c", "mnist-none", 100, 0.01, 30.0)
     other["config"]["dataset"]["name"] = "mnist"
     assert {r["compare_by"] for r in leaderboard([rec("a", "none", 25, 0.0123, 40.0), other])} == {"fid"}
+
+
+# -- defense effect vs published and matched baselines ----------------------------------------
+
+TARGET_SGD = {"optimizer": "sgd", "lr": 0.1, "momentum": 0.5, "nesterov": True, "epochs": 8}
+TARGET_ADAM = {"optimizer": "adam", "lr": 0.1, "momentum": 0.9, "nesterov": False, "epochs": 8}
+
+
+def _effect_rec(defense, label, target, seed, acc, recipe="", attack="gmi"):
+    cfg = {"dataset": {"name": "mnist", "protocol": "disjoint_classes"}, "attack": {"name": attack},
+           "preset": "quick", "seed": seed, "recipe": recipe, "target": target,
+           "defense": {"name": defense}, "evaluator": {"model": "scnn"}, "threads": seed + 1}
+    group = json.dumps([label, attack, target], sort_keys=True)
+    return {"run_id": f"{group}-{seed}", "created_at": "2026-01-01", "config_hash": f"{group}-{seed}",
+            "group_hash": group, "defense_label": label, "config": cfg,
+            "metrics": {"attack_acc": acc, "target_acc": 0.99}}
+
+
+def test_defense_effects_against_published_and_matched_baselines():
+    from scipy import stats
+
+    from mi_bench.results import defense_effects, render_effects
+
+    recs = []
+    for s, (b, c, m, q) in enumerate([(0.25, 0.56, 0.27, 0.50), (0.35, 0.60, 0.58, 0.58),
+                                       (0.30, 0.58, 0.40, 0.54)]):
+        recs.append(_effect_rec("bido", "bido[measure=coco]", TARGET_ADAM, s, b))
+        recs.append(_effect_rec("none", "none", TARGET_SGD, s, c))
+        recs.append(_effect_rec("none", "none[recipe=bido]", TARGET_ADAM, s, m, recipe="bido"))
+        recs.append(_effect_rec("qad", "qad", TARGET_SGD, s, q))
+    recs.append(_effect_rec("mid", "mid", TARGET_SGD, 0, 0.9, attack="kedmi"))  # no baseline there
+    eff = {(r["attack"], r["defense"]): r for r in defense_effects(recs)}
+    assert set(eff) == {("gmi", "bido[measure=coco]"), ("gmi", "qad"), ("kedmi", "mid")}
+
+    bido = eff[("gmi", "bido[measure=coco]")]
+    assert bido["published"]["defense"] == "none" and bido["matched"]["defense"] == "none[recipe=bido]"
+    assert bido["value"] == pytest.approx(0.30) and bido["seeds"] == [0, 1, 2]
+    pub = stats.ttest_ind([0.25, 0.35, 0.30], [0.56, 0.60, 0.58], equal_var=False).confidence_interval()
+    assert bido["published"]["delta"] == pytest.approx(0.30 - 0.58)
+    assert bido["published"]["delta_ci"] == pytest.approx([pub.low, pub.high])
+    mat = stats.ttest_ind([0.25, 0.35, 0.30], [0.27, 0.58, 0.40], equal_var=False).confidence_interval()
+    assert bido["matched"]["delta_ci"] == pytest.approx([mat.low, mat.high])
+    assert pub.high < 0 < mat.high
+    assert bido["verdict"] == "vanishes vs matched" and not bido["matched_is_published"]
+
+    qad = eff[("gmi", "qad")]  # trained with the baseline's recipe: matched = published
+    assert qad["matched_is_published"] and qad["matched"] == qad["published"]
+    assert qad["verdict"] in ("holds", "no effect")
+    assert eff[("kedmi", "mid")]["verdict"] == "n/a: no published baseline"
+    assert eff[("kedmi", "mid")]["published"] is None
+
+    one_seed = [r for r in recs if r["config"]["seed"] == 0]
+    assert defense_effects(one_seed)[0]["verdict"] == "n/a: needs >= 2 target seeds on each side"
+
+    md = render_effects(defense_effects(recs))
+    assert "| Δ vs matched (pp) |" in md and "**vanishes vs matched**" in md
+    assert "(= published)" in md and "Welch" in md
+    rows = leaderboard(recs)
+    full = render(rows, "markdown", effects=defense_effects(recs))
+    assert full.index("## Defense effect vs baselines") > full.index("evaluation model")
+    assert "Defense effect" not in render(rows, "markdown")
