@@ -81,7 +81,7 @@ def test_sweep_expands_and_skips_existing(env):
     assert len(ResultStore("results/mi_bench.sqlite").records()) == 2
     # one summary line per finished cell on stdout; nothing else there
     lines = r.stdout.strip().splitlines()
-    assert len(lines) == 2 and lines[1].startswith("[2/2] preset=smoke defense=bido defense.lambda_y=0.5:")
+    assert len(lines) == 2 and lines[1].startswith("[2/2] preset=smoke defense=bido defense.lambda_y=0.5 seed=0:")
     assert "attack acc" in lines[1] and "KID(E)" in lines[1] and "LPIPS-NN n/a" in lines[1]
     r = invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "seed=0", "--quiet")
     assert len(ResultStore("results/mi_bench.sqlite").records()) == 2
