@@ -85,7 +85,7 @@ def test_sweep_expands_and_skips_existing(env):
     assert "attack acc" in lines[1] and "KID(E)" in lines[1] and "LPIPS-NN n/a" in lines[1]
     r = invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "seed=0", "--quiet")
     assert len(ResultStore("results/mi_bench.sqlite").records()) == 2
-    assert r.stdout == "" and "record exists, skipped" in r.stderr
+    assert r.stdout == "" and "0 to run, 2 done" in r.stderr
 
 
 def test_run_table_goes_to_stdout_and_progress_to_stderr(env):
