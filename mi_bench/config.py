@@ -6,7 +6,8 @@ Composition, later layers winning (Hydra-style, parsed by click):
 2. ``configs/preset/<preset>.yaml`` - a patch of the whole config;
 3. ``configs/dataset/<dataset>.yaml`` - a patch of the whole config, then its ``presets.<preset>``;
 4. ``configs/defense/<defense>.yaml`` - a patch of the ``defense`` section, then its
-   ``presets.<preset>`` (third-party plugins may carry ``presets`` as a class attribute instead);
+   ``presets.<preset>`` (a plugin may also carry ``presets`` as a class attribute; the YAML's
+   preset values win field by field);
 5. ``configs/attack/<attack>.yaml`` - likewise for ``attack``;
 6. dotted overrides from the command line (``defense.lambda_x=0.05 seed=3``).
 
@@ -33,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mi_bench.data import DatasetConfig
+from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
 from mi_bench.params import param, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, RegistryError, unknown_choice_message
 from mi_bench.train import TrainConfig
@@ -49,6 +51,8 @@ class ConfigError(ValueError):
 class EvalConfig:
     fid_inception: bool = param(True, help="compute Inception FID when its weights are on disk")
     grid_real: int = param(4, ge=0, le=16, help="real private images per class in the image grid")
+    grid_samples: int = param(10, ge=1, le=100, help="reconstructions per class shown in the image grid "
+                              "(all are saved in the run folder)")
 
 
 def _evaluator_default() -> TrainConfig:
@@ -76,6 +80,9 @@ class RunConfig:
     defense: Any = None
     attack: Any = None
     eval: EvalConfig = param(default_factory=EvalConfig)
+    judges: list[str] = param(default_factory=lambda: list(JUDGE_NAMES),
+                              help="judges scoring every run (mi_bench.judges): eval, resnet, robust")
+    judge: JudgingConfig = param(default_factory=JudgingConfig)
 
 
 # -- YAML groups -----------------------------------------------------------------------------
@@ -199,8 +206,11 @@ def _expected_type(cfg: DictConfig, full_key: str) -> str:
 def _plugin_patch(group: str, option: str, preset: str, cls: Any) -> tuple[str, dict, dict]:
     data = _read_yaml(group, option)
     plugin = data.pop("name", option)
-    presets = {**{k: dict(v) for k, v in getattr(cls, "presets", {}).items()}, **(data.pop("presets", {}) or {})}
-    return plugin, data, dict(presets.get(preset, {}) or {})
+    # the class's presets (third-party plugins; built-in baselines inheriting GMI's prior
+    # fields), then the YAML's, merged field by field
+    yaml_presets = data.pop("presets", {}) or {}
+    merged = {**(getattr(cls, "presets", {}).get(preset) or {}), **(yaml_presets.get(preset) or {})}
+    return plugin, data, merged
 
 
 def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -255,7 +265,7 @@ def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
         run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {str(exc).splitlines()[0]}") from None
-    errors = validate_dataclass(run)
+    errors = validate_dataclass(run) + check_judges(run.judges, run.judge)
     if errors:
         raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     if run.dataset.name not in DATASETS:

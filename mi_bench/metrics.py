@@ -121,6 +121,11 @@ def pixel_nn_accuracy(images: torch.Tensor, labels: torch.Tensor,
     return float((yr[nearest] == labels).float().mean())
 
 
+def _none_as_minus_one(pred: torch.Tensor, num_domain_classes: int) -> torch.Tensor:
+    """An evaluator with a reject option ("none", the output after the domain classes) -> -1."""
+    return torch.where(pred >= num_domain_classes, torch.full_like(pred, -1), pred)
+
+
 def score_inversion(
     inversion: Inversion, evaluator: torch.nn.Module, splits: DataSplits, *,
     inception: bool = True, device: torch.device | str = "cpu",
@@ -145,7 +150,8 @@ def score_inversion(
         "attack_acc_ci": list(wilson_interval(int(top1.sum()), int(top1.numel()))),
         "attack_acc_top5": float(top5.float().mean()),
         "per_class": {int(c): float(a) for c, a in zip(inversion.classes, per_class)},
-        "evaluator_predictions": logits.argmax(1).view(n_cls, n_s).tolist(),
+        "evaluator_predictions": _none_as_minus_one(logits.argmax(1), splits.num_domain_classes)
+        .view(n_cls, n_s).tolist(),
         "n_reconstructions": int(n_cls * n_s),
     }
     errors: dict[str, str] = {}

@@ -4,8 +4,12 @@ score, store and show.
 Stages and their cache keys (``mi_bench.artifacts``):
 * target    - dataset private train/val content hash, ``target`` section, defense config,
               run seed, stage code version (or the user checkpoint's SHA-256);
-* evaluator - dataset eval train/val content hash, ``evaluator`` section, ``eval_seed``;
-* prior     - attack name and ``prior_version``, the attack fields marked ``prior=True``,
+* evaluator - dataset eval train/val content hash, ``evaluator`` section, ``eval_seed``,
+              ``judge.none_fraction`` (the evaluator is the ``eval`` judge, with a "none" class);
+* judge-<name> - dataset eval train/val content hash, ``judge.<name>`` section (its own seed),
+              ``judge.none_fraction`` (``mi_bench.judges``);
+* prior     - attack name (``prior_name`` when it uses another attack's prior: the ``random``
+              baseline shares GMI's) and ``prior_version``, the fields marked ``prior=True``,
               public-set content hash, image shape, run seed, and the target's key when the
               attack trains its prior against the target (KED-MI, PLG-MI).
 Nothing else (threads, device, inversion settings, paths) enters a key.
@@ -31,8 +35,10 @@ from mi_bench.artifacts import (
 )
 from mi_bench.config import RunConfig, config_hash, stable_hash, to_dict
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
+from mi_bench.diversity import DIVERSITY_PROTOCOL, diversity
 from mi_bench.interfaces import Attack, Defense
-from mi_bench.metrics import METRICS_PROTOCOL, score_inversion
+from mi_bench.judges import JUDGE_PROTOCOL, NONE, Judge, JudgeRecipe, describe, health, score_judges
+from mi_bench.metrics import METRICS_PROTOCOL, _embed, score_inversion
 from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
@@ -45,7 +51,8 @@ from mi_bench.viz import save_grid
 log = logging.getLogger(__name__)
 
 TARGET_VERSION = "1"
-EVALUATOR_VERSION = "1"
+EVALUATOR_VERSION = "2"  # 2: K + 1 outputs, the last a "none" class trained on junk
+JUDGE_VERSION = "1"
 
 
 def defense_label(defense_cfg: Any) -> str:
@@ -88,7 +95,10 @@ class Runner:
         self.times[stage] = round(self.times.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
     def _classifier_stage(self, kind: str, key_spec: dict[str, Any], make, train, val, tcfg,
-                          *, seed: int, defense: Defense | None) -> tuple[torch.nn.Module, dict]:
+                          *, seed: int, defense: Defense | None,
+                          checks=None) -> tuple[torch.nn.Module, dict]:
+        """Train or load one cached classifier. ``checks(model) -> dict``, when given, is
+        computed once after training and stored in the artifact's meta (``info["checks"]``)."""
         key = stable_hash(key_spec)
         t0 = time.perf_counter()
         if self.store.exists(kind, key):
@@ -103,6 +113,9 @@ class Runner:
             model = res.model
             meta = {"spec": key_spec, "history": res.history, "best_epoch": res.best_epoch,
                     "val_acc": res.val_acc, "defense_report": res.defense_report}
+            if checks is not None:
+                model.eval()
+                meta["checks"] = checks(model)
             meta["sha256"] = self.store.save(kind, key, model.state_dict(), meta)
             self.trained.append(kind)
             cached = False
@@ -111,6 +124,8 @@ class Runner:
         info = {"key": key, "sha256": meta["sha256"], "cached": cached,
                 "best_epoch": meta.get("best_epoch"), "val_acc": meta.get("val_acc"),
                 "defense_report": meta.get("defense_report", {})}
+        if checks is not None:
+            info["checks"] = meta.get("checks", {})
         self.artifacts[kind] = info
         return model, info
 
@@ -145,38 +160,61 @@ class Runner:
                                           defense=defense)
         return model
 
-    def evaluator(self, splits: DataSplits) -> torch.nn.Module:
+    def judges(self, splits: DataSplits) -> dict[str, Judge]:
+        """The run's judges (``mi_bench.judges``), ``eval`` (the evaluator) first, each trained
+        on the whole domain with a "none" class, cached, with its independence record and its
+        health checks (computed once, after training) in ``Judge.info``."""
         cfg = self.cfg
-        c = splits.image_shape[0]
-        make = lambda: build_model(cfg.evaluator.model, num_classes=splits.num_domain_classes,  # noqa: E731
-                                   in_channels=c, width=cfg.evaluator.width)
-        spec = {
-            "stage": "evaluator", "version": EVALUATOR_VERSION,
-            "data": splits.fingerprint(("eval_train", "eval_val")),
-            "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed,
-        }
-        model, _ = self._classifier_stage("evaluator", spec, make, splits.eval_train,
-                                          splits.eval_val, cfg.evaluator, seed=cfg.eval_seed,
-                                          defense=None)
-        return model
+        k, c = splits.num_domain_classes, splits.image_shape[0]
+        nf = cfg.judge.none_fraction
+        data = splits.fingerprint(("eval_train", "eval_val"))
+        out: dict[str, Judge] = {}
+        for name in ["eval", *[j for j in cfg.judges if j != "eval"]]:
+            if name == "eval":
+                tcfg, seed, kind = cfg.evaluator, cfg.eval_seed, "evaluator"
+                spec = {"stage": "evaluator", "version": EVALUATOR_VERSION, "data": data,
+                        "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed, "none_fraction": nf}
+                recipe = JudgeRecipe(None, num_classes=k, input_shape=splits.image_shape, none_fraction=nf)
+            else:
+                tcfg = getattr(cfg.judge, name)
+                seed, kind = tcfg.seed, f"judge-{name}"
+                spec = {"stage": "judge", "judge": name, "version": JUDGE_VERSION, "data": data,
+                        "train": to_dict(tcfg), "none_fraction": nf}
+                recipe = JudgeRecipe(tcfg, num_classes=k, input_shape=splits.image_shape, none_fraction=nf)
+            make = lambda tcfg=tcfg: build_model(tcfg.model, num_classes=k + 1,  # noqa: E731
+                                                 in_channels=c, width=tcfg.width)
+            judge = Judge(name, None, k, tcfg)  # type: ignore[arg-type]
+
+            def checks(model, judge=judge):
+                judge.model = model
+                return health(judge, splits.eval_test)
+
+            model, info = self._classifier_stage(kind, spec, make, splits.eval_train, splits.eval_val,
+                                                 tcfg, seed=seed, defense=recipe, checks=checks)
+            judge.model = model
+            judge.info = {**describe(name, tcfg, seed=seed, none_fraction=nf), "artifact": kind,
+                          "key": info["key"], **info.get("checks", {})}
+            out[name] = judge
+        return out
 
     def prior(self, attack: Attack, splits: DataSplits, target: torch.nn.Module) -> dict[str, torch.Tensor]:
         req = attack.requirements
         if req.prior == "none":
             return {}
+        owner = attack.prior_name or attack.name  # baselines share GMI's prior (same key)
         spec: dict[str, Any] = {
-            "stage": "prior", "attack": attack.name, "version": attack.prior_version,
+            "stage": "prior", "attack": owner, "version": attack.prior_version,
             "prior": prior_fields(attack.cfg), "public": splits.fingerprint(("public",)),
             "image_shape": list(splits.image_shape), "seed": self.cfg.seed,
         }
         if req.prior == "per_target":
             spec["target"] = self.artifacts["target"]["key"]
         key = stable_hash(spec)
-        kind = f"prior-{attack.name}"
+        kind = f"prior-{owner}"
         t0 = time.perf_counter()
         if self.store.exists(kind, key):
             tensors, meta = self.store.load(kind, key)
-            log.info("%s prior: cached %s - no training", attack.name, key)
+            log.info("%s prior: cached %s - no training", owner, key)
             cached = True
         else:
             tensors = attack.train_prior(
@@ -206,10 +244,11 @@ class Runner:
                 f"classes={bad} are not private classes: use indices 0..{splits.num_private_classes - 1}"
             )
         target = self.target(splits)
-        evaluator = self.evaluator(splits)
+        judges = self.judges(splits)
+        evaluator = judges["eval"].model
         t0 = time.perf_counter()
         target_acc = accuracy(target, *splits.private_test)
-        eval_acc = accuracy(evaluator, *splits.eval_test)
+        eval_acc = judges["eval"].info["test_acc"]
         self._timed("utility", t0)
 
         attack_cls = ATTACKS.get(cfg.attack.name)
@@ -224,6 +263,8 @@ class Runner:
         t0 = time.perf_counter()
         metrics = score_inversion(inversion, evaluator, splits, inception=cfg.eval.fid_inception,
                                   device=self.device)
+        metrics.update(score_judges(judges, inversion.images, inversion.classes, splits.private_classes))
+        self._diversity(metrics, inversion, splits, judges[cfg.judge.diversity_judge])
         self._timed("scoring", t0)
         metrics = {"target_acc": target_acc, "eval_acc": eval_acc, **metrics}
 
@@ -243,12 +284,13 @@ class Runner:
                 "data": splits.info,
                 "attacked_classes": classes,
                 "inversion": inversion.protocol,
-                "metrics": METRICS_PROTOCOL,
+                "metrics": {**METRICS_PROTOCOL, **JUDGE_PROTOCOL, **DIVERSITY_PROTOCOL},
                 "model_selection": {"target": cfg.target.selection, "evaluator": cfg.evaluator.selection,
                                     "note": "best_val = highest accuracy on a validation split "
                                             "carved from training data; test split only reported"},
-                "evaluator": f"{cfg.evaluator.model} over all {splits.num_domain_classes} classes, "
-                             f"seed {cfg.eval_seed}",
+                "evaluator": f"{cfg.evaluator.model} over all {splits.num_domain_classes} classes "
+                             f"plus 'none', seed {cfg.eval_seed}",
+                "judges": {name: j.info for name, j in judges.items()},
                 "attack_requirements": dataclasses.asdict(attack.requirements),
             },
             "artifacts": self.artifacts,
@@ -266,18 +308,50 @@ class Runner:
         ResultStore(cfg.results_db).append(record)
         return record
 
+    def _diversity(self, metrics: dict[str, Any], inversion, splits: DataSplits, judge: Judge) -> None:
+        x_tr, y_tr = splits.private_train
+        real = [x_tr[y_tr == c] for c in inversion.classes]
+        size = splits.image_shape[-1]
+        try:
+            report, absent = diversity(inversion.images, inversion.classes, real,
+                                       lambda x: _embed(judge.model, x, size), judge=judge.name,
+                                       collapse_ratio=self.cfg.judge.collapse_ratio)
+            metrics.update(report)
+            metrics["metric_absent"].update(absent)
+        except Exception as exc:  # noqa: BLE001 - reported, never silently 0
+            metrics.update(diversity=None, diversity_ratio=None, collapsed_classes=None)
+            metrics["metric_errors"]["diversity"] = f"{type(exc).__name__}: {exc}"
+
     def _grid(self, path: Path, splits: DataSplits, inversion, metrics) -> Path | None:
+        """Real private images, then the first ``eval.grid_samples`` reconstructions per class,
+        each labelled with every judge's prediction (x = rejected) and framed green when all
+        judges name the attacked class, orange when only some do, red when none does."""
         cfg = self.cfg
         x_tr, y_tr = splits.private_train
         real = [x_tr[y_tr == c][: cfg.eval.grid_real] for c in inversion.classes]
-        preds = metrics["evaluator_predictions"]
-        correct = [[p == splits.private_classes[c] for p in row] for c, row in zip(inversion.classes, preds)]
-        names = [f"class {c} (digit {splits.private_classes[c]})\nE acc {metrics['per_class'][c]:.0%}"
-                 for c in inversion.classes]
+        n = min(cfg.eval.grid_samples, inversion.images.shape[1])
+        judged = metrics["judges"]
+        order = list(judged)
+        preds = [[["x" if judged[j]["predictions"][i][k] == NONE else judged[j]["predictions"][i][k]
+                   for j in order] for k in range(n)] for i in range(len(inversion.classes))]
+        state = []
+        for i, c in enumerate(inversion.classes):
+            row = []
+            for k in range(n):
+                hits = sum(judged[j]["predictions"][i][k] == splits.private_classes[c] for j in order)
+                row.append(True if hits == len(order) else (False if hits == 0 else None))
+            state.append(row)
+        labels = [["/".join(map(str, p)) for p in row] for row in preds]
+        collapsed = set((metrics.get("diversity") or {}).get("collapsed_classes", []))
+        names = [f"class {c} (digit {splits.private_classes[c]})\n"
+                 + " ".join(f"{j[0]}:{judged[j]['per_class'][c]:.0%}" for j in order)
+                 + ("\nCOLLAPSED" if c in collapsed else "") for c in inversion.classes]
         title = (f"{cfg.attack.name} vs {defense_label(cfg.defense)} on {splits.name} "
                  f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
-                 f"{metrics['attack_acc']:.0%}, target acc {metrics['target_acc']:.1%}")
-        return save_grid(path, inversion.images, inversion.classes, real, correct, preds, names, title)
+                 f"{metrics['attack_acc']:.0%}, consensus {metrics['consensus_acc']:.0%}, target acc "
+                 f"{metrics['target_acc']:.1%}\nunder each image: {'/'.join(order)} predictions "
+                 f"(x = rejected); green: all judges agree with the attacked class, orange: some")
+        return save_grid(path, inversion.images[:, :n], inversion.classes, real, state, labels, names, title)
 
 
 def versions() -> dict[str, str]:

@@ -154,7 +154,7 @@ def train_classifier(
                 sums: dict[str, float] = {}
                 correct = seen = 0
                 for idx in batches:
-                    xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
+                    xb, yb = defense.prepare_batch(model, x_tr[idx].to(device), y_tr[idx].to(device))
                     holder: dict[str, torch.Tensor] = {}
 
                     def closure(xb=xb, yb=yb, holder=holder) -> LossOutput:
