@@ -119,11 +119,13 @@ def _mean_se(values: list[Any]) -> tuple[float | None, float | None]:
 
 
 def _interval(recs: list[dict[str, Any]], m: str) -> list[float] | None:
-    """95% interval of a metric of a group: Student-t over seeds (2+ values), else the single
-    run's own interval (``<m>_ci``) when it has one."""
+    """95% interval of a metric of a group: Student-t over seeds (2+ values; clipped to [0, 1]
+    for accuracies), else the single run's own interval (``<m>_ci``) when it has one."""
     vals = _finite([r["metrics"].get(m) for r in recs])
     if len(vals) >= 2:
         _, lo, hi = mean_interval(vals)
+        if m.endswith("_acc") or m.startswith("attack_acc"):  # a proportion: the interval stays in [0, 1]
+            lo, hi = max(0.0, lo), min(1.0, hi)
         return [lo, hi]
     if len(vals) == 1:
         ci = next((r["metrics"].get(m + "_ci") for r in recs if r["metrics"].get(m) is not None), None)
