@@ -27,9 +27,11 @@ preflight, which this server never grants):
 * ``GET /api/item/<p>.png``       item at position ``p`` as one sheet (reconstruction, then the
                                   three reference rows, the attacked one framed) - for labelling
                                   by eye through the API;
+* ``GET /api/sheets.png?start=&count=``  up to 50 such sheets stacked, captioned with positions;
 * ``GET /api/labels``             ``{index: label}``;
 * ``POST /api/label``             ``{"index": i, "label": "same"|"different"|"unsure",
-                                  "labeller": "name"}``.
+                                  "labeller": "name"}`` (or ``"position": p`` instead of
+                                  ``index``, the item's place in the shuffled order).
 
 Bad input gets a 4xx status with ``{"error": message}``.
 """
@@ -153,9 +155,9 @@ class LabelSession:
             } for it in self.items],
         }
 
-    def sheet(self, position: int, scale: int = 3) -> bytes:
-        """One item as a PNG: the reconstruction (large), then the reference rows; the attacked
-        row framed in green."""
+    def sheet(self, position: int, scale: int = 3) -> np.ndarray:
+        """One item as an RGB image: the reconstruction (large), then the reference rows; the
+        attacked row framed in green."""
         if not 0 <= position < len(self.items):
             raise IndexError(f"item position {position} is out of range 0..{len(self.items) - 1}")
         it = self.items[position]
@@ -177,7 +179,21 @@ class LabelSession:
             for j, ref in enumerate(self.references[r]):
                 xx = x0 + j * (w * s + pad)
                 canvas[y:y + h * s, xx:xx + w * s] = np.kron(_to_uint8(ref), np.ones((s, s, 1), np.uint8))
-        return _png(canvas)
+        return canvas
+
+    def sheets(self, start: int, count: int) -> np.ndarray:
+        """Items ``start .. start + count - 1`` stacked, each captioned with its position."""
+        from PIL import Image, ImageDraw
+
+        parts = []
+        for pos in range(start, min(start + count, len(self.items))):
+            sheet = self.sheet(pos)
+            cap = Image.new("RGB", (sheet.shape[1], 14), "white")
+            ImageDraw.Draw(cap).text((4, 1), f"position {pos}", fill=(0, 0, 0))
+            parts += [np.asarray(cap), sheet, np.full((4, sheet.shape[1], 3), 128, np.uint8)]
+        width = max(p.shape[1] for p in parts)
+        return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255)
+                               for p in parts])
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -267,7 +283,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, _png(_to_uint8(sess.image(_int_arg(parts[2][:-4], "index"))), scale),
                            "image/png")
             elif len(parts) == 3 and parts[:2] == ["api", "item"] and parts[2].endswith(".png"):
-                self._send(HTTPStatus.OK, sess.sheet(_int_arg(parts[2][:-4], "position")), "image/png")
+                self._send(HTTPStatus.OK, _png(sess.sheet(_int_arg(parts[2][:-4], "position"))), "image/png")
+            elif parts == ["api", "sheets.png"]:
+                q = parse_qs(url.query)
+                start = _int_arg(q.get("start", ["0"])[0], "start", 0, max(0, len(sess.items) - 1))
+                count = _int_arg(q.get("count", ["10"])[0], "count", 1, 50)
+                self._send(HTTPStatus.OK, _png(sess.sheets(start, count)), "image/png")
             elif len(parts) == 4 and parts[:2] == ["api", "real"] and parts[3].endswith(".png"):
                 c, k = _int_arg(parts[2], "class"), _int_arg(parts[3][:-4], "reference")
                 if c not in sess.references or not 0 <= k < len(sess.references[c]):
@@ -297,6 +318,11 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length))
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object")
+            if "index" not in body and "position" in body:  # labelling from /api/sheets.png
+                pos = body["position"]
+                if not isinstance(pos, int) or isinstance(pos, bool) or not 0 <= pos < len(sess.items):
+                    raise ValueError(f"'position' must be an integer in 0..{len(sess.items) - 1} (got {pos!r})")
+                body["index"] = sess.items[pos]["index"]
             index = body.get("index")
             if not isinstance(index, int) or isinstance(index, bool):
                 raise ValueError(f"'index' must be an integer (got {index!r})")

@@ -344,7 +344,7 @@ class Runner:
         labels = [["/".join(map(str, p)) for p in row] for row in preds]
         collapsed = set((metrics.get("diversity") or {}).get("collapsed_classes", []))
         names = [f"class {c} (digit {splits.private_classes[c]})\n"
-                 + " ".join(f"{j[0]}:{judged[j]['per_class'][c]:.0%}" for j in order)
+                 + "\n".join(f"{j} {judged[j]['per_class'][c]:.0%}" for j in order)
                  + ("\nCOLLAPSED" if c in collapsed else "") for c in inversion.classes]
         title = (f"{cfg.attack.name} vs {defense_label(cfg.defense)} on {splits.name} "
                  f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
