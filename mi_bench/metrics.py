@@ -21,6 +21,11 @@ Protocol (stored with every result as ``metrics_protocol``):
   its reason in ``metric_absent``, so tables can say ``n/a`` rather than ``failed``.
 * ``attack_acc_ci``: the 95% Wilson interval of ``attack_acc`` over the ``n_reconstructions``
   scored (``mi_bench.stats``).
+
+The evaluator is the ``eval`` judge of ``mi_bench.judges``: it has a reject option (an output
+after the domain classes, "none"); a rejected reconstruction is a failure and is recorded as
+prediction -1 in ``evaluator_predictions``. The other judges, ``consensus_acc`` and per-class
+diversity are scored by ``mi_bench.judges.score_judges`` and ``mi_bench.diversity``.
 """
 
 from __future__ import annotations

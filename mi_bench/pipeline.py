@@ -192,7 +192,7 @@ class Runner:
             model, info = self._classifier_stage(kind, spec, make, splits.eval_train, splits.eval_val,
                                                  tcfg, seed=seed, defense=recipe, checks=checks)
             judge.model = model
-            judge.info = {**describe(name, tcfg, seed=seed, none_fraction=nf), "artifact": kind,
+            judge.info = {**describe(tcfg, seed=seed, none_fraction=nf), "artifact": kind,
                           "key": info["key"], **info.get("checks", {})}
             out[name] = judge
         return out
