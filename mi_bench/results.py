@@ -45,6 +45,8 @@ METRIC_COLUMNS = ("target_acc", "eval_acc", "attack_acc", "attack_acc_top5",
                   "attack_acc_pixel_nn", "knn_dist", "fid_eval", "fid_inception")
 JUDGE_COLUMNS = ("consensus_acc", "diversity_ratio", "collapsed_classes")
 BASELINES = ("random", "pixel")
+# shares of a run's n_reconstructions: one run's interval is their Wilson interval
+SHARES_OF_RECONSTRUCTIONS = ("attack_acc", "attack_acc_top5", "attack_acc_pixel_nn", "consensus_acc")
 
 
 def json_safe(obj: Any) -> Any:
@@ -120,7 +122,8 @@ def _mean_se(values: list[Any]) -> tuple[float | None, float | None]:
 
 def _interval(recs: list[dict[str, Any]], m: str) -> list[float] | None:
     """95% interval of a metric of a group: Student-t over seeds (2+ values; clipped to [0, 1]
-    for accuracies), else the single run's own interval (``<m>_ci``) when it has one."""
+    for accuracies), else the single run's own interval (``<m>_ci``, or the Wilson interval of
+    a share of its reconstructions) when it has one."""
     vals = _finite([r["metrics"].get(m) for r in recs])
     if len(vals) >= 2:
         _, lo, hi = mean_interval(vals)
@@ -128,7 +131,11 @@ def _interval(recs: list[dict[str, Any]], m: str) -> list[float] | None:
             lo, hi = max(0.0, lo), min(1.0, hi)
         return [lo, hi]
     if len(vals) == 1:
-        ci = next((r["metrics"].get(m + "_ci") for r in recs if r["metrics"].get(m) is not None), None)
+        rec = next(r for r in recs if r["metrics"].get(m) is not None)
+        ci = rec["metrics"].get(m + "_ci")
+        n = rec["metrics"].get("n_reconstructions")
+        if not ci and m in SHARES_OF_RECONSTRUCTIONS and n:  # records without a stored interval
+            ci = wilson_interval(int(round(vals[0] * n)), n)
         return list(ci) if ci else None
     return None
 

@@ -10,11 +10,12 @@
 #
 # Usage: bash results/bench/judges.sh                 -> results/bench/judges.sqlite, judges.md
 #        PRESET=smoke bash results/bench/judges.sh    (a shrunken check: judges-smoke.sqlite/.md)
-# Run time, estimated from the smoke-sized run (~5 min for the 20 smoke runs here) and the
-# quick stage times measured for the cold quickstart: about 40-50 min on the 2-core CPU, alone,
-# threads=1 (digits ~15 min, MNIST ~25 min: MNIST quick trains its classifiers and judges on
-# 3,000-6,000 images; the inversions - GMI ~60 s, PLG-MI ~70 s, pixel ~30 s, random ~20 s,
-# KED-MI ~7 s per run - dominate the rest). Artifacts already in $MI_BENCH_CACHE are reused.
+# Run time (not measured here; the lead runs it on a quiet machine): the smoke-sized run of this
+# script took 47 s for its 20 runs (PRESET=smoke, cold cache, this 2-core CPU under light load).
+# Quick, estimated from the stages of the cold quickstart (target 15-20 s, judges 45 s on digits /
+# ~100 s on MNIST, GMI prior 65-75 s, KED-MI/PLG-MI priors 30-40 s per target) and per-run
+# inversions (GMI ~60 s, PLG-MI ~70 s, pixel ~25 s, random ~30 s, KED-MI ~7 s): digits ~11 min,
+# MNIST ~13 min, so about 25-30 min alone with threads=1. Artifacts in $MI_BENCH_CACHE are reused.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export MI_BENCH_CACHE=${MI_BENCH_CACHE:-/tmp/mi-bench-bench-cache}
