@@ -8,6 +8,7 @@ Usage: python results/bench/judges_report.py results/bench/judges.sqlite > resul
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -113,7 +114,8 @@ def main(db: str) -> None:
         for atk in LABEL_ATTACKS:
             r = next((r for k, r in latest.items() if k[0] == "mnist" and k[2] == "none" and k[3] == atk), None)
             if r:
-                out.append(f"    mi-bench label {r['run_id']} --db {db} --no-browser --port 8765   # {atk}")
+                data = os.environ.get("MI_BENCH_DATA", "../shared/data")
+                out.append(f"    mi-bench label {r['run_id']} --db {db} --data-root {data} --no-browser --port 8765   # {atk}")
         out.append("\nthen per run: `GET http://127.0.0.1:8765/api/sheets.png?start=0&count=10` (and start=10, "
                    "20, ...) to see items 0-49 with their references, and "
                    "`POST /api/label {\"position\": p, \"label\": \"same\"|\"different\"|\"unsure\"}` for each; "
