@@ -9,6 +9,7 @@
     mi-bench show-config defense=bido-coco
     mi-bench list
     mi-bench leaderboard --format markdown
+    mi-bench label RUN_ID --no-browser              # label reconstructions by eye (local page)
 
 Every user mistake exits with status 2 and one ``error:`` line on stderr before work starts
 (bad config, missing or corrupt data, a results path that is not a database or not writable,
@@ -39,7 +40,9 @@ log = logging.getLogger("mi_bench")
 
 
 def _fail(msg: str, status: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     sys.exit(status)
 
 
@@ -94,7 +97,28 @@ def _summary_table(rec: dict) -> Table:
     acc = pct(m["attack_acc"]) + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
     t.add_row("attack acc (top-1)", acc, f"95% Wilson interval; chance {100 / n_priv:.0f}% over private "
               f"classes; {m['n_reconstructions']} reconstructions")
+    judges = rec["protocol"].get("judges") or {}
+    for name, res in (m.get("judges") or {}).items():
+        if name == "eval":
+            continue
+        info = judges.get(name, {})
+        lo, hi = res["acc_ci"]
+        t.add_row(f"{name} judge acc", f"{pct(res['acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]",
+                  f"{info.get('architecture', '?')}, {info.get('augmentation', '?')} augmentation, "
+                  f"adversarial {info.get('adversarial', '?')}; rejected {100 * res['rejected']:.0f}%")
+    if m.get("consensus_acc") is not None:
+        lo, hi = m["consensus_acc_ci"]
+        t.add_row("consensus acc", f"{pct(m['consensus_acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]",
+                  f"every judge ({', '.join(m['consensus_judges'])}) names the attacked class")
     t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]), "")
+    div = m.get("diversity")
+    if div:
+        flagged = div["collapsed_classes"]
+        t.add_row("diversity", f"{m['diversity_ratio']:.2f} x real",
+                  "mean pairwise distance of reconstructions / of real images, per class; "
+                  + (f"COLLAPSED classes: {flagged}" if flagged else "no class collapsed"))
+    elif "diversity" in m.get("metric_errors", {}):
+        t.add_row("diversity", "failed", m["metric_errors"]["diversity"][:60])
     t.add_row("per class", " ".join(f"{k}:{100 * v:.0f}" for k, v in m["per_class"].items()), "")
     n = m["n_reconstructions"]
     lp_net = cfg.get("eval", {}).get("lpips_net", "alex")
@@ -381,31 +405,36 @@ def list_cmd() -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
 def leaderboard(db: str, records: Path | None, fmt: str, output: Path | None, plot: Path | None) -> None:
-    """Stored results grouped over seeds (mean ± standard error)."""
+    """Stored results grouped over seeds (mean with 95% interval), every judge, the human check
+    where runs were labelled, and (markdown) each defense's effect against its published and
+    matched baselines and each attack's margin over the calibration baselines."""
     from mi_bench.results import (
-        HEADERS, defense_effects, leaderboard as board, load_records, protocol_note, render, table_rows,
+        baseline_margins, defense_effects, headers, leaderboard as board, load_records, protocol_note,
+        render, table_rows,
     )
 
     if records is None and not Path(db).is_file():
         _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH / --records PATH")
     try:
         records = load_records(records or db)
-    except USER_ERRORS as exc:
+        rows = board(records)
+    except USER_ERRORS as exc:  # an unreadable database, records file or labels.json
         _fail(str(exc))
-    rows = board(records)
     if plot:
         from mi_bench.viz import tradeoff_plot
         tradeoff_plot(plot, rows, "accuracy vs leakage")
     if fmt == "table" and output is None:
         t = Table(title="mi-bench leaderboard", caption=protocol_note(rows))
-        for h in HEADERS:
+        for h in headers(rows):
             t.add_column(h)
         for cells in table_rows(rows):
             t.add_row(*cells)
         stdout_console().print(t)
         return
     fmt = "markdown" if fmt == "table" else fmt
-    text = render(rows, fmt, effects=defense_effects(records) if fmt == "markdown" else None)
+    md = fmt == "markdown"
+    text = render(rows, fmt, margins=baseline_margins(records) if md else None,
+                  effects=defense_effects(records) if md else None)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
@@ -475,6 +504,55 @@ def db_export(db_path: str, output: Path) -> None:
     text = dump_jsonl(recs)
     atomic_write(output, lambda p: Path(p).write_text(text))
     log.info("wrote %d records to %s", len(recs), output)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--db", default="results/mi_bench.sqlite", show_default=True, help="results database")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="port on 127.0.0.1 (0 = any free port)")
+@click.option("--no-browser", is_flag=True, help="only print the address; do not open a browser")
+@click.option("--data-root", default=None, help="dataset root (default: the run's data_root / $MI_BENCH_DATA)")
+def label(run_id: str, db: str, port: int, no_browser: bool, data_root: str | None) -> None:
+    """Label a run's reconstructions by eye on a local page (127.0.0.1 only).
+
+    \b
+    Each reconstruction is shown beside real private images of the attacked class and of two
+    other classes (shuffled, blind to the judges); mark same / different / unsure. Labels are
+    stored in the run folder (labels.json) and the leaderboard reports human-judged accuracy
+    and each judge's false-positive rate against them. JSON endpoints for labelling without a
+    browser: GET /api/items, GET /api/item/<position>.png, POST /api/label (see
+    mi_bench/labelling.py). The address is printed on stdout; stop with Ctrl-C.
+    """
+    import webbrowser
+
+    from mi_bench.labelling import LabelServer, session_for_run
+    from mi_bench.results import ResultStore
+
+    if not Path(db).is_file():
+        _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH")
+    rec = next((r for r in ResultStore(db).records() if r["run_id"] == run_id), None)
+    if rec is None:
+        _fail(f"no run '{run_id}' in {db}: list run ids with 'mi-bench leaderboard --format json' "
+              "or the run folders under results/runs")
+    try:
+        session = session_for_run(rec, data_root)
+        server = LabelServer(session, port)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{port} ({exc.strerror or exc}): pass another --port, or --port 0")
+    click.echo(server.url)
+    sys.stdout.flush()
+    log.info("labelling run %s (%d reconstructions) at %s - Ctrl-C to stop", run_id, session.n, server.url)
+    if not no_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main() -> None:

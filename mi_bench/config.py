@@ -7,7 +7,8 @@ Composition, later layers winning (Hydra-style, parsed by click):
 3. ``configs/dataset/<dataset>.yaml`` - a patch of the whole config (the dataset's protocol, its
    evaluator recipe, epochs per preset), then its ``presets.<preset>``;
 4. ``configs/defense/<defense>.yaml`` - a patch of the ``defense`` section, then its
-   ``presets.<preset>`` (third-party plugins may carry ``presets`` as a class attribute instead);
+   ``presets.<preset>`` (a plugin may also carry ``presets`` as a class attribute; the YAML's
+   preset values win field by field);
 5. the defense's **dataset entry** ``datasets.<dataset>`` (see below): the target's training
    recipe and dataset-specific defense values;
 6. ``configs/attack/<attack>.yaml`` - likewise for ``attack`` (its fields, ``presets.<preset>``,
@@ -70,6 +71,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mi_bench.data import DatasetConfig
+from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
 from mi_bench.params import param, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, RegistryError, unknown_choice_message
 from mi_bench.train import TrainConfig
@@ -104,6 +106,8 @@ class EvalConfig:
         0, ge=0, help="0 = exact nearest-neighbour search; K > 0 = LPIPS only to the K nearest "
         "same-class images in pixel L2 (faster; an upper bound)")
     grid_real: int = param(4, ge=0, le=16, help="real private images per class in the image grid")
+    grid_samples: int = param(10, ge=1, le=100, help="reconstructions per class shown in the image grid "
+                              "(all are saved in the run folder)")
 
 
 @dataclass
@@ -155,6 +159,9 @@ class RunConfig:
     attack: Any = None
     eval: EvalConfig = param(default_factory=EvalConfig)
     slurm: SlurmConfig = param(default_factory=SlurmConfig)
+    judges: list[str] = param(default_factory=lambda: list(JUDGE_NAMES),
+                              help="judges scoring every run (mi_bench.judges): eval, resnet, robust")
+    judge: JudgingConfig = param(default_factory=JudgingConfig)
 
 
 # -- YAML groups -----------------------------------------------------------------------------
@@ -303,8 +310,11 @@ class _Option:
         self.origin = f"configs/{group}/{option}.yaml"
         data = dict(_read_yaml(group, option))
         self.plugin = data.pop("name", option)
+        # the class's presets (third-party plugins; built-in baselines inheriting GMI's prior
+        # fields), then the YAML's, merged field by field
         presets = {k: dict(v) for k, v in getattr(cls, "presets", {}).items()}
-        presets.update(_mapping(data.pop("presets", None), f"{self.origin} presets"))
+        for k, v in _mapping(data.pop("presets", None), f"{self.origin} presets").items():
+            presets[k] = {**presets.get(k, {}), **_mapping(v, f"{self.origin} presets.{k}")}
         datasets = {k: dict(v) for k, v in getattr(cls, "datasets", {}).items()}
         if self.plugin != option and (_config_dir() / group / f"{self.plugin}.yaml").is_file():
             # an alias inherits its plugin option's dataset entries (recipes), entry by entry
@@ -429,7 +439,7 @@ def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
         run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {str(exc).splitlines()[0]}") from None
-    errors = validate_dataclass(run)
+    errors = validate_dataclass(run) + check_judges(run.judges, run.judge)
     for section in ("target", "evaluator"):  # cross-field checks the trainer would raise late
         tc = getattr(run, section)
         if tc.optimizer == "sgd" and tc.nesterov and tc.momentum == 0:

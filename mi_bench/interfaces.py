@@ -10,6 +10,9 @@ undefended baseline ``none`` is a defense that overrides nothing:
 * ``configure(model, opt, ...)`` wrap/replace the optimiser (DP-SGD) once training starts.
 * ``epoch_batches(...)``        choose the batches of an epoch (Poisson sampling); default None
                                 lets the trainer use the configured sampler (random or P x K).
+* ``prepare_batch(model, x, y)`` change a batch before the forward pass: augmentation, extra
+                                samples with their labels, adversarial examples (the judges of
+                                ``mi_bench.judges`` use it); default unchanged.
 * ``compute_loss(batch)``       the training objective from logits, taps, inputs and labels;
                                 per-sample weighting (DESMIL) happens here.
 * ``optimizer_step(model, opt, closure)``  act around the step (AWP: perturb, step, restore).
@@ -94,6 +97,11 @@ class Defense:
     ) -> list[torch.Tensor] | None:
         return None
 
+    def prepare_batch(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
     def compute_loss(self, batch: TrainBatch) -> LossOutput:
         ce = nn.functional.cross_entropy(batch.logits, batch.y)
         return LossOutput(ce, {"ce": float(ce.detach())})
@@ -154,6 +162,7 @@ class Attack:
     paper: ClassVar[str] = ""
     requirements: ClassVar[AttackRequirements] = AttackRequirements()
     prior_version: ClassVar[str] = "1"  # bump when the prior's training code changes
+    prior_name: ClassVar[str] = ""  # "" = its own; another attack's name to share its cached prior
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(

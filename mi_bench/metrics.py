@@ -20,6 +20,11 @@ Protocol (stored with every result as ``metrics_protocol``):
   reason in ``metric_absent``, so tables can say ``n/a`` rather than ``failed``.
 * ``attack_acc_ci``: the 95% Wilson interval of ``attack_acc`` over the ``n_reconstructions``
   scored (``mi_bench.stats``).
+
+The evaluator is the ``eval`` judge of ``mi_bench.judges``: it has a reject option (an output
+after the domain classes, "none"); a rejected reconstruction is a failure and is recorded as
+prediction -1 in ``evaluator_predictions``. The other judges, ``consensus_acc`` and per-class
+diversity are scored by ``mi_bench.judges.score_judges`` and ``mi_bench.diversity``.
 """
 
 from __future__ import annotations
@@ -77,6 +82,11 @@ def pixel_nn_accuracy(images: torch.Tensor, labels: torch.Tensor,
     return float((yr[nearest] == labels).float().mean())
 
 
+def _none_as_minus_one(pred: torch.Tensor, num_domain_classes: int) -> torch.Tensor:
+    """An evaluator with a reject option ("none", the output after the domain classes) -> -1."""
+    return torch.where(pred >= num_domain_classes, torch.full_like(pred, -1), pred)
+
+
 def score_inversion(
     inversion: Inversion, evaluator: torch.nn.Module, splits: DataSplits, *,
     inception: bool = True, device: torch.device | str = "cpu", options: Any = None, store: Any = None,
@@ -105,7 +115,8 @@ def score_inversion(
         "attack_acc_ci": list(wilson_interval(int(top1.sum()), int(top1.numel()))),
         "attack_acc_top5": float(top5.float().mean()),
         "per_class": {int(c): float(a) for c, a in zip(inversion.classes, per_class)},
-        "evaluator_predictions": logits.argmax(1).view(n_cls, n_s).tolist(),
+        "evaluator_predictions": _none_as_minus_one(logits.argmax(1), splits.num_domain_classes)
+        .view(n_cls, n_s).tolist(),
         "n_reconstructions": int(n_cls * n_s),
     }
     errors: dict[str, str] = {}

@@ -1,4 +1,6 @@
-"""Classifiers: the MNIST-protocol target ``MCNN`` and evaluation model ``SCNN``.
+"""Classifiers: the MNIST-protocol target ``MCNN`` and evaluation model ``SCNN``, and the
+architectures of the extra judges (``mi_bench.judges``): a CIFAR-style ``ResNet`` and the
+``MadryNet`` of Madry et al.'s MNIST challenge.
 
 Every classifier exposes the same small interface used across mi-bench:
 
@@ -90,6 +92,90 @@ class SCNN(Classifier):
         for name in self.hidden_layers:
             h = getattr(self, name)(h)
         return self.pool(h)
+
+
+class _BasicBlock(nn.Module):
+    """He et al. (2016) basic residual block: two 3x3 convs with BatchNorm; 1x1 projection
+    shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class ResNet(Classifier):
+    """CIFAR-style ResNet (He et al., CVPR 2016, section 4.2): a 3x3 stem, three stages of
+    ``blocks`` basic blocks with 16-32-64 channels (stride 2 between stages), global average
+    pooling, linear head; depth ``6 * blocks + 2``. A different family from MCNN/SCNN (residual
+    connections, 3x3 kernels only, no max-pooling)."""
+
+    hidden_layers = ("stem", "stage1", "stage2", "stage3")
+    blocks = 1
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
+        super().__init__()
+        c = [_ch(v, width) for v in (16, 32, 64)]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(c[0]), nn.ReLU())
+        stages, cin = [], c[0]
+        for i, cout in enumerate(c):
+            layers = [_BasicBlock(cin if j == 0 else cout, cout, 2 if (i > 0 and j == 0) else 1)
+                      for j in range(self.blocks)]
+            stages.append(nn.Sequential(*layers))
+            cin = cout
+        self.stage1, self.stage2, self.stage3 = stages
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.feature_dim = c[2]
+        self.head = nn.Linear(c[2], num_classes)
+
+    def embed(self, x):
+        return self.pool(self.stage3(self.stage2(self.stage1(self.stem(x)))))
+
+
+@MODELS.register("resnet8")
+class ResNet8(ResNet):
+    summary = "judge: CIFAR-style ResNet-8 (1 basic block per stage, 16-32-64, He et al. 2016)"
+    blocks = 1
+
+
+@MODELS.register("resnet20")
+class ResNet20(ResNet):
+    summary = "judge: CIFAR-style ResNet-20 (3 basic blocks per stage, 16-32-64, He et al. 2016)"
+    blocks = 3
+
+
+@MODELS.register("madrynet")
+class MadryNet(Classifier):
+    """The MNIST network of Madry et al. (ICLR 2018, their public MNIST challenge model):
+    conv 5x5 (32) + ReLU + max-pool, conv 5x5 (64) + ReLU + max-pool, fully connected 1024 +
+    ReLU, linear head. No BatchNorm, so the network attacked by PGD during adversarial training
+    is exactly the one used at test time. An adaptive average pool to 8x8 (the identity at 32x32)
+    lets it accept other input sizes."""
+
+    summary = "judge: Madry et al. 2018 MNIST network (2 conv 5x5 32-64 + FC 1024), no BatchNorm"
+    hidden_layers = ("conv1", "conv2", "fc")
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
+        super().__init__()
+        c1, c2, f = _ch(32, width), _ch(64, width), _ch(1024, width)
+        self.conv1 = nn.Sequential(nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
+        self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.AdaptiveAvgPool2d(8), nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(c2 * 64, f), nn.ReLU())
+        self.feature_dim = f
+        self.head = nn.Linear(f, num_classes)
+
+    def embed(self, x):
+        return self.fc(self.conv2(self.conv1(x)))
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int, width: float,

@@ -4,8 +4,12 @@ score, store and show.
 Stages and their cache keys (``mi_bench.artifacts``):
 * target    - dataset private train/val content hash, ``target`` section, defense config,
               run seed, stage code version (or the user checkpoint's SHA-256);
-* evaluator - dataset eval train/val content hash, ``evaluator`` section, ``eval_seed``;
-* prior     - attack name and ``prior_version``, the attack fields marked ``prior=True``,
+* evaluator - dataset eval train/val content hash, ``evaluator`` section, ``eval_seed``,
+              ``judge.none_fraction`` (the evaluator is the ``eval`` judge, with a "none" class);
+* judge-<name> - dataset eval train/val content hash, ``judge.<name>`` section (its own seed),
+              ``judge.none_fraction`` (``mi_bench.judges``);
+* prior     - attack name (``prior_name`` when it uses another attack's prior: the ``random``
+              baseline shares GMI's) and ``prior_version``, the fields marked ``prior=True``,
               public-set content hash, image shape, run seed, and the target's key when the
               attack trains its prior against the target (KED-MI, PLG-MI).
 Nothing else (threads, device, inversion settings, paths) enters a key. ``artifact_plan`` computes
@@ -37,8 +41,10 @@ from mi_bench.artifacts import (
 )
 from mi_bench.config import RunConfig, config_hash, stable_hash, to_dict
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
+from mi_bench.diversity import DIVERSITY_PROTOCOL, diversity
 from mi_bench.interfaces import Attack, Defense
-from mi_bench.metrics import metrics_protocol, score_inversion
+from mi_bench.judges import JUDGE_PROTOCOL, NONE, Judge, JudgeRecipe, describe, health, score_judges
+from mi_bench.metrics import _embed, metrics_protocol, score_inversion
 from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
@@ -52,7 +58,8 @@ from mi_bench.weights import init_statement
 log = logging.getLogger(__name__)
 
 TARGET_VERSION = "1"
-EVALUATOR_VERSION = "1"
+EVALUATOR_VERSION = "2"  # 2: K + 1 outputs, the last a "none" class trained on junk
+JUDGE_VERSION = "1"
 
 
 def defense_label(defense_cfg: Any, recipe: str = "") -> str:
@@ -94,12 +101,23 @@ def target_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
     }
 
 
-def evaluator_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
-    return {
-        "stage": "evaluator", "version": EVALUATOR_VERSION,
-        "data": splits.fingerprint(("eval_train", "eval_val")),
-        "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed,
-    }
+def judge_specs(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, dict[str, Any], Any, int]]:
+    """``{judge: (cache kind, key spec, training config, seed)}`` of the run's judges, ``eval``
+    (the evaluator) first; each is trained on the whole domain plus a "none" class."""
+    nf = cfg.judge.none_fraction
+    data = splits.fingerprint(("eval_train", "eval_val"))
+    out: dict[str, tuple[str, dict[str, Any], Any, int]] = {
+        "eval": ("evaluator", {"stage": "evaluator", "version": EVALUATOR_VERSION, "data": data,
+                               "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed,
+                               "none_fraction": nf}, cfg.evaluator, cfg.eval_seed)}
+    for name in cfg.judges:
+        if name == "eval":
+            continue
+        tcfg = getattr(cfg.judge, name)
+        out[name] = (f"judge-{name}", {"stage": "judge", "judge": name, "version": JUDGE_VERSION,
+                                       "data": data, "train": to_dict(tcfg), "none_fraction": nf},
+                     tcfg, tcfg.seed)
+    return out
 
 
 def prior_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str, Any] | None:
@@ -108,8 +126,9 @@ def prior_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str,
     req = attack_cls.requirements
     if req.prior == "none":
         return None
+    owner = attack_cls.prior_name or cfg.attack.name  # baselines share GMI's prior (same key)
     spec: dict[str, Any] = {
-        "stage": "prior", "attack": cfg.attack.name, "version": attack_cls.prior_version,
+        "stage": "prior", "attack": owner, "version": attack_cls.prior_version,
         "prior": prior_fields(cfg.attack), "public": splits.fingerprint(("public",)),
         "image_shape": list(splits.image_shape), "seed": cfg.seed,
     }
@@ -130,10 +149,11 @@ def artifact_plan(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, st
     else:
         target_key = stable_hash(target_spec(cfg, splits))
         plan["target"] = ("target", target_key)
-    plan["evaluator"] = ("evaluator", stable_hash(evaluator_spec(cfg, splits)))
+    for name, (kind, jspec, _, _) in judge_specs(cfg, splits).items():
+        plan["evaluator" if name == "eval" else f"judge-{name}"] = (kind, stable_hash(jspec))
     spec = prior_spec(cfg, splits, target_key)
     if spec is not None:
-        plan["prior"] = (f"prior-{cfg.attack.name}", stable_hash(spec))
+        plan["prior"] = (f"prior-{spec['attack']}", stable_hash(spec))
     return plan
 
 
@@ -156,7 +176,10 @@ class Runner:
         self.times[stage] = round(self.times.get(stage, 0.0) + time.perf_counter() - t0, 3)
 
     def _classifier_stage(self, kind: str, key_spec: dict[str, Any], make, train, val, tcfg,
-                          *, seed: int, defense: Defense | None) -> tuple[torch.nn.Module, dict]:
+                          *, seed: int, defense: Defense | None,
+                          checks=None) -> tuple[torch.nn.Module, dict]:
+        """Train or load one cached classifier. ``checks(model) -> dict``, when given, is
+        computed once after training and stored in the artifact's meta (``info["checks"]``)."""
         key = stable_hash(key_spec)
         t0 = time.perf_counter()
         trained: dict[str, torch.nn.Module] = {}
@@ -165,9 +188,12 @@ class Runner:
             res = train_classifier(make, train, val, tcfg, seed=seed, defense=defense,
                                    device=self.device, bars=self.bars, desc=f"train {kind}")
             trained["model"] = res.model
-            return res.model.state_dict(), {
-                "spec": key_spec, "history": res.history, "best_epoch": res.best_epoch,
-                "val_acc": res.val_acc, "defense_report": res.defense_report}
+            meta = {"spec": key_spec, "history": res.history, "best_epoch": res.best_epoch,
+                    "val_acc": res.val_acc, "defense_report": res.defense_report}
+            if checks is not None:
+                res.model.eval()
+                meta["checks"] = checks(res.model)
+            return res.model.state_dict(), meta
 
         state, meta, cached = self.store.load_or_build(kind, key, build)
         if cached:
@@ -182,6 +208,8 @@ class Runner:
         info = {"key": key, "sha256": meta["sha256"], "cached": cached,
                 "best_epoch": meta.get("best_epoch"), "val_acc": meta.get("val_acc"),
                 "defense_report": meta.get("defense_report", {})}
+        if checks is not None:
+            info["checks"] = meta.get("checks", {})
         self.artifacts[kind] = info
         return model, info
 
@@ -211,25 +239,43 @@ class Runner:
                                           defense=defense)
         return model
 
-    def evaluator(self, splits: DataSplits) -> torch.nn.Module:
+    def judges(self, splits: DataSplits) -> dict[str, Judge]:
+        """The run's judges (``mi_bench.judges``), ``eval`` (the evaluator) first, each trained
+        on the whole domain with a "none" class, cached, with its independence record and its
+        health checks (computed once, after training) in ``Judge.info``."""
         cfg = self.cfg
-        c = splits.image_shape[0]
-        e = cfg.evaluator
-        make = lambda: build_model(e.model, num_classes=splits.num_domain_classes,  # noqa: E731
-                                   in_channels=c, width=e.width, pretrained=e.pretrained,
-                                   pretrained_sha256=e.pretrained_sha256, what="evaluator")
-        model, _ = self._classifier_stage("evaluator", evaluator_spec(cfg, splits), make, splits.eval_train,
-                                          splits.eval_val, cfg.evaluator, seed=cfg.eval_seed,
-                                          defense=None)
-        return model
+        k, c = splits.num_domain_classes, splits.image_shape[0]
+        nf = cfg.judge.none_fraction
+        out: dict[str, Judge] = {}
+        for name, (kind, spec, tcfg, seed) in judge_specs(cfg, splits).items():
+            recipe = JudgeRecipe(None if name == "eval" else tcfg, num_classes=k,
+                                 input_shape=splits.image_shape, none_fraction=nf)
+            make = lambda tcfg=tcfg, name=name: build_model(  # noqa: E731
+                tcfg.model, num_classes=k + 1, in_channels=c, width=tcfg.width,
+                pretrained=getattr(tcfg, "pretrained", ""),
+                pretrained_sha256=getattr(tcfg, "pretrained_sha256", ""), what=f"{name} judge")
+            judge = Judge(name, None, k, tcfg)  # type: ignore[arg-type]
+
+            def checks(model, judge=judge):
+                judge.model = model
+                return health(judge, splits.eval_test)
+
+            model, info = self._classifier_stage(kind, spec, make, splits.eval_train, splits.eval_val,
+                                                 tcfg, seed=seed, defense=recipe, checks=checks)
+            judge.model = model
+            judge.info = {**describe(tcfg, seed=seed, none_fraction=nf), "artifact": kind,
+                          "key": info["key"], **info.get("checks", {})}
+            out[name] = judge
+        return out
 
     def prior(self, attack: Attack, splits: DataSplits, target: torch.nn.Module) -> dict[str, torch.Tensor]:
         req = attack.requirements
         spec = prior_spec(self.cfg, splits, self.artifacts["target"]["key"])
         if spec is None:
             return {}
+        owner = spec["attack"]
         key = stable_hash(spec)
-        kind = f"prior-{attack.name}"
+        kind = f"prior-{owner}"
         t0 = time.perf_counter()
 
         def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -241,7 +287,7 @@ class Runner:
 
         tensors, meta, cached = self.store.load_or_build(kind, key, build)
         if cached:
-            log.info("%s prior: cached %s - no training", attack.name, key)
+            log.info("%s prior: cached %s - no training", owner, key)
         else:
             self.trained.append("prior")
         self._timed("prior", t0)
@@ -265,10 +311,11 @@ class Runner:
             )
         preflight(cfg, index=self.index)  # before any training: where the results go is usable
         target = self.target(splits)
-        evaluator = self.evaluator(splits)
+        judges = self.judges(splits)
+        evaluator = judges["eval"].model
         t0 = time.perf_counter()
         target_acc = accuracy(target, *splits.private_test)
-        eval_acc = accuracy(evaluator, *splits.eval_test)
+        eval_acc = judges["eval"].info["test_acc"]
         self._timed("utility", t0)
 
         attack_cls = ATTACKS.get(cfg.attack.name)
@@ -283,6 +330,8 @@ class Runner:
         t0 = time.perf_counter()
         metrics = score_inversion(inversion, evaluator, splits, device=self.device, options=cfg.eval,
                                   store=self.store)
+        metrics.update(score_judges(judges, inversion.images, inversion.classes, splits.private_classes))
+        self._diversity(metrics, inversion, splits, judges[cfg.judge.diversity_judge])
         self._timed("scoring", t0)
         metrics = {"target_acc": target_acc, "eval_acc": eval_acc, **metrics}
 
@@ -302,12 +351,13 @@ class Runner:
                 "data": splits.info,
                 "attacked_classes": classes,
                 "inversion": inversion.protocol,
-                "metrics": metrics_protocol(cfg.eval),
+                "metrics": {**metrics_protocol(cfg.eval), **JUDGE_PROTOCOL, **DIVERSITY_PROTOCOL},
                 "model_selection": {"target": cfg.target.selection, "evaluator": cfg.evaluator.selection,
                                     "note": "best_val = highest accuracy on a validation split "
                                             "carved from training data; test split only reported"},
-                "evaluator": f"{cfg.evaluator.model} over all {splits.num_domain_classes} classes, "
-                             f"seed {cfg.eval_seed}",
+                "evaluator": f"{cfg.evaluator.model} over all {splits.num_domain_classes} classes "
+                             f"plus 'none', seed {cfg.eval_seed}",
+                "judges": {name: j.info for name, j in judges.items()},
                 "initialisation": {"target": init_statement(cfg.target),
                                    "evaluator": init_statement(cfg.evaluator)},
                 "attack_requirements": dataclasses.asdict(attack.requirements),
@@ -333,19 +383,74 @@ class Runner:
                                    f"'mi-bench db sync --db {cfg.results_db} --runs {cfg.results_dir}'") from None
         return record
 
+    def _lpips_pairwise(self) -> dict[str, Any]:
+        """LPIPS as a diversity distance (built on first use with the run's ``eval`` options; its
+        weights missing offline make it unavailable, recorded in ``metric_absent``)."""
+        from mi_bench.diversity import DistanceUnavailable
+        from mi_bench.perceptual import WeightsUnavailable, lpips_model, lpips_pairwise
+
+        e = self.cfg.eval
+        if not e.lpips:
+            return {}
+        state: dict[str, Any] = {}
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            if "model" not in state:
+                try:
+                    state["model"] = lpips_model(e.lpips_net, self.device, e.download)[0]
+                except WeightsUnavailable as exc:
+                    raise DistanceUnavailable(str(exc)) from None
+            return lpips_pairwise(state["model"], x, x, min_size=e.lpips_min_size)
+        return {"lpips": fn}
+
+    def _diversity(self, metrics: dict[str, Any], inversion, splits: DataSplits, judge: Judge) -> None:
+        x_tr, y_tr = splits.private_train
+        real = [x_tr[y_tr == c] for c in inversion.classes]
+        size = splits.image_shape[-1]
+        try:
+            report, absent = diversity(inversion.images, inversion.classes, real,
+                                       lambda x: _embed(judge.model, x, size), judge=judge.name,
+                                       collapse_ratio=self.cfg.judge.collapse_ratio,
+                                       pairwise=self._lpips_pairwise())
+            if not self.cfg.eval.lpips:
+                absent["diversity_lpips"] = "disabled (eval.lpips=false)"
+            metrics.update(report)
+            metrics["metric_absent"].update(absent)
+        except Exception as exc:  # noqa: BLE001 - reported, never silently 0
+            metrics.update(diversity=None, diversity_ratio=None, collapsed_classes=None)
+            metrics["metric_errors"]["diversity"] = f"{type(exc).__name__}: {exc}"
+
     def _grid(self, path: Path, splits: DataSplits, inversion, metrics) -> Path | None:
+        """Real private images, then the first ``eval.grid_samples`` reconstructions per class,
+        each labelled with every judge's prediction (x = rejected) and framed green when all
+        judges name the attacked class, orange when only some do, red when none does."""
         cfg = self.cfg
         x_tr, y_tr = splits.private_train
         real = [x_tr[y_tr == c][: cfg.eval.grid_real] for c in inversion.classes]
-        preds = metrics["evaluator_predictions"]
-        correct = [[p == splits.private_classes[c] for p in row] for c, row in zip(inversion.classes, preds)]
+        n = min(cfg.eval.grid_samples, inversion.images.shape[1])
+        judged = metrics["judges"]
+        order = list(judged)
+        preds = [[["x" if judged[j]["predictions"][i][k] == NONE else judged[j]["predictions"][i][k]
+                   for j in order] for k in range(n)] for i in range(len(inversion.classes))]
+        state = []
+        for i, c in enumerate(inversion.classes):
+            row = []
+            for k in range(n):
+                hits = sum(judged[j]["predictions"][i][k] == splits.private_classes[c] for j in order)
+                row.append(True if hits == len(order) else (False if hits == 0 else None))
+            state.append(row)
+        labels = [["/".join(map(str, p)) for p in row] for row in preds]
+        collapsed = set((metrics.get("diversity") or {}).get("collapsed_classes", []))
         class_names = splits.info.get("class_names")  # face datasets: identity names
-        names = [f"class {c} ({class_names[c] if class_names else f'digit {splits.private_classes[c]}'})"
-                 f"\nE acc {metrics['per_class'][c]:.0%}" for c in inversion.classes]
+        names = [f"class {c} ({class_names[c] if class_names else f'digit {splits.private_classes[c]}'})\n"
+                 + "\n".join(f"{j} {judged[j]['per_class'][c]:.0%}" for j in order)
+                 + ("\nCOLLAPSED" if c in collapsed else "") for c in inversion.classes]
         title = (f"{cfg.attack.name} vs {defense_label(cfg.defense, cfg.recipe)} on {splits.name} "
                  f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
-                 f"{metrics['attack_acc']:.0%}, target acc {metrics['target_acc']:.1%}")
-        return save_grid(path, inversion.images, inversion.classes, real, correct, preds, names, title)
+                 f"{metrics['attack_acc']:.0%}, consensus {metrics['consensus_acc']:.0%}, target acc "
+                 f"{metrics['target_acc']:.1%}\nunder each image: {'/'.join(order)} predictions "
+                 f"(x = rejected); green: all judges agree with the attacked class, orange: some")
+        return save_grid(path, inversion.images[:, :n], inversion.classes, real, state, labels, names, title)
 
 
 def versions() -> dict[str, str]:

@@ -72,3 +72,15 @@ def welch_interval(a: Sequence[float], b: Sequence[float],
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = _st.t.ppf(0.5 + level / 2, df) * se
     return diff, float(diff - half), float(diff + half)
+
+
+def newcombe_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
+    """``(d, low, high)`` for the difference ``d = k1/n1 - k2/n2`` of two independent proportions:
+    Newcombe's hybrid score interval (Newcombe 1998, method 10), built from the two Wilson
+    intervals. Used for an attack's margin over a baseline in a single seed."""
+    p1, p2 = k1 / n1, k2 / n2
+    l1, u1 = wilson_interval(k1, n1, z)
+    l2, u2 = wilson_interval(k2, n2, z)
+    d = p1 - p2
+    return (d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
+            d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))

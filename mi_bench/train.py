@@ -198,6 +198,7 @@ def train_classifier(
                     if cfg.hflip:
                         flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
                         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                    xb, yb = defense.prepare_batch(model, xb, yb)
                     holder: dict[str, torch.Tensor] = {}
 
                     def closure(xb=xb, yb=yb, holder=holder) -> LossOutput:

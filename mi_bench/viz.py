@@ -20,11 +20,11 @@ def _to_img(x: torch.Tensor) -> np.ndarray:
 
 def save_grid(
     path: Path, images: torch.Tensor, classes: list[int], real: list[torch.Tensor],
-    correct: list[list[bool]], predictions: list[list[int]], class_names: list[str], title: str,
+    correct: list[list[bool | None]], predictions: list[list[Any]], class_names: list[str], title: str,
 ) -> Path:
     """One row per attacked class: real private images, then the reconstructions, each framed
-    green when the evaluation model classifies it as the attacked class and red otherwise,
-    with the evaluator's prediction under it."""
+    green when judged the attacked class, red when not, orange for ``None`` (judges disagree),
+    with the prediction(s) under it."""
     n_cls, n_s = images.shape[:2]
     n_real = max((len(r) for r in real), default=0)
     cols = n_real + n_s + (1 if n_real else 0)
@@ -44,9 +44,10 @@ def save_grid(
                 k = j - n_real - (1 if n_real else 0)
                 ax.imshow(_to_img(images[i, k]), cmap="gray" if gray else None, vmin=0, vmax=1)
                 ok = correct[i][k]
+                colour = "tab:orange" if ok is None else ("tab:green" if ok else "tab:red")
                 for s in ax.spines.values():
-                    s.set_visible(True), s.set_color("tab:green" if ok else "tab:red"), s.set_linewidth(2.5)
-                ax.set_xlabel(f"E: {predictions[i][k]}", fontsize=7)
+                    s.set_visible(True), s.set_color(colour), s.set_linewidth(2.5)
+                ax.set_xlabel(str(predictions[i][k]), fontsize=6)
                 if i == 0 and k == 0:
                     ax.set_title("reconstructions", fontsize=7, loc="left")
         axes[i, 0].set_ylabel(class_names[i], fontsize=8)

@@ -57,3 +57,47 @@ def digits_world() -> World:
     for p in [*target.parameters(), *evaluator.parameters()]:
         p.requires_grad_(False)
     return World(splits=splits, target=target.eval(), evaluator=evaluator.eval())
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One `preset=smoke` GMI run on digits through the pipeline (its own cache, database and
+    run folder): the record, with reconstructions saved in ``record["run_dir"]`` (~15 s)."""
+    from mi_bench.config import compose
+    from mi_bench.pipeline import run
+
+    root = tmp_path_factory.mktemp("smoke_run")
+    cfg = compose(["preset=smoke", f"cache_dir={root / 'cache'}", f"results_db={root / 'r.sqlite'}",
+                   f"results_dir={root / 'runs'}", f"data_root={root / 'data'}"])
+    return run(cfg)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """A headless Chromium driven by Selenium (Debian's chromium and chromium-driver), with a
+    fresh profile and no network side channels. Skipped, with the reason, when the binaries or
+    selenium are missing. Reusable by any test that needs to drive a real page."""
+    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver)")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+    opts = Options()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()

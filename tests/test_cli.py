@@ -26,7 +26,7 @@ def test_run_smoke_end_to_end_json_then_cached(env):
     r1 = invoke("run", "preset=smoke", "--json", "--quiet")
     assert r1.exit_code == 0, r1.output
     rec = json.loads(r1.stdout)
-    assert rec["trained"] == ["target", "evaluator", "prior"]
+    assert rec["trained"] == ["target", "evaluator", "judge-resnet", "judge-robust", "prior"]
     m = rec["metrics"]
     for k in ("target_acc", "eval_acc", "attack_acc", "attack_acc_top5", "knn_dist", "fid_eval"):
         assert m[k] is not None and m[k] == m[k], k
@@ -36,7 +36,7 @@ def test_run_smoke_end_to_end_json_then_cached(env):
                                               or "fid_inception" in m["metric_absent"])
     assert rec["config"]["defense"]["name"] == "none" and rec["config"]["preset"] == "smoke"
     assert rec["protocol"]["data"]["protocol"] == "disjoint_samples"
-    assert set(rec["artifacts"]) == {"target", "evaluator", "prior"}
+    assert set(rec["artifacts"]) == {"target", "evaluator", "judge-resnet", "judge-robust", "prior"}
     assert all(len(a["sha256"]) == 64 for a in rec["artifacts"].values())
     assert {"torch", "mi_bench"} <= set(rec["versions"]) and rec["seed"] == 0
     assert os.path.isfile(rec["grid"]) and os.path.dirname(rec["grid"]) == rec["run_dir"]

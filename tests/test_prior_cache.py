@@ -19,7 +19,7 @@ def test_per_target_prior_is_cached_per_target(attack, tmp_path, monkeypatch):
     monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     first = _run(f"attack={attack}")
-    assert first["trained"] == ["target", "evaluator", "prior"]
+    assert first["trained"] == ["target", "evaluator", "judge-resnet", "judge-robust", "prior"]
     assert first["artifacts"]["prior"]["shared_across_targets"] is False
 
     again = _run(f"attack={attack}")  # same target: no GAN training

@@ -24,17 +24,81 @@ def test_leaderboard_groups_seeds_with_mean_and_standard_error(tmp_path):
     store = ResultStore(tmp_path / "r.sqlite")
     for i, a in enumerate([0.6, 0.8, 1.0]):
         store.append(_rec(f"r{i}", i, a, fid=10.0 + i))
-    store.append(_rec("other", 0, 0.2, group="g2", defense="bido[lambda_x=0.1]"))
+    other = _rec("other", 0, 0.2, group="g2", defense="bido[lambda_x=0.1]")
+    other["metrics"]["attack_acc_ci"] = [0.1, 0.35]
+    store.append(other)
     rows = leaderboard(store.records())
     assert len(rows) == 2
     row = next(r for r in rows if r["defense"] == "none")
     assert row["seeds"] == [0, 1, 2] and row["runs"] == 3
     assert row["attack_acc"] == pytest.approx(0.8)
     assert row["attack_acc_se"] == pytest.approx(math.sqrt(0.04 / 3))
+    # 95% Student-t interval over the three seeds: t(0.975, 2) * sd / sqrt(3), sd = 0.2
+    half = 4.302653 * 0.2 / math.sqrt(3)
+    assert row["attack_acc_ci"] == pytest.approx([0.8 - half, 1.0], rel=1e-6)  # clipped to 100%
     assert row["fid_inception"] is None and "fid_inception" in row["failed_metrics"]
     md = render(rows, "markdown")
-    assert "80.0 ± 11.5" in md and "failed" in md and "evaluation model" in md
+    assert "80.0 [30, 100]" in md and "failed" in md and "evaluation model" in md
+    one = next(r for r in rows if r["defense"] != "none")
+    assert one["attack_acc_ci"] == [0.1, 0.35]  # a single run: its own (Wilson) interval
+    assert "20.0 [10, 35]" in md
     assert json.loads(render(rows, "json"))[0]["dataset"] == "digits"
+    assert "attack_acc_ci_low" in render(rows, "csv").splitlines()[0]
+
+
+def test_a_repeated_seed_counts_once():
+    recs = [_rec("a", 0, 0.6), _rec("b", 0, 0.8), _rec("c", 1, 1.0)]
+    recs[1]["created_at"] = "2026-01-01T00:00:05"
+    row = leaderboard(recs)[0]
+    assert row["runs"] == 3 and row["seeds"] == [0, 1]
+    assert row["attack_acc"] == pytest.approx(0.9)  # latest run of seed 0 (0.8) and seed 1 (1.0)
+
+
+def _judged(run_id, seed, accs, n=100, attack="gmi", target="t", group=None, created=None):
+    """A record with per-judge accuracies (predictions built to give exactly those counts)."""
+    judges = {}
+    for j, a in accs.items():
+        k = round(a * n)
+        judges[j] = {"acc": k / n, "predictions": [[0] * k + [1] * (n - k)]}
+    rec = _rec(run_id, seed, judges["eval"]["acc"], group=group or f"{attack}-g")
+    rec["created_at"] = created or f"2026-01-01T00:00:{seed:02d}"
+    rec["config"]["attack"]["name"] = attack
+    rec["metrics"].update(judges=judges, n_reconstructions=n)
+    rec["artifacts"] = {"target": {"key": f"{target}{seed}"}}
+    return rec
+
+
+def test_baseline_margins_match_seeds_and_flag_attacks_not_beating_pixel():
+    from mi_bench.results import baseline_margins
+    from mi_bench.stats import mean_interval, newcombe_interval
+
+    recs = [
+        _judged("g0", 0, {"eval": 0.9, "robust": 0.50}), _judged("g1", 1, {"eval": 0.8, "robust": 0.56}),
+        _judged("p0", 0, {"eval": 0.7, "robust": 0.25}, attack="pixel"),
+        _judged("p1", 1, {"eval": 0.6, "robust": 0.30}, attack="pixel"),
+        _judged("r0", 0, {"eval": 0.2, "robust": 0.10}, attack="random"),
+        _judged("p9", 9, {"eval": 0.0, "robust": 0.0}, attack="pixel"),  # another target: unmatched
+        _judged("k0", 0, {"eval": 0.95, "robust": 0.9}, attack="kedmi"),
+    ]
+    out = {e["attack"]: e for e in baseline_margins(recs)}
+    assert set(out) == {"gmi", "kedmi"}
+    g = out["gmi"]
+    m = g["margins"]["pixel"]["robust"]
+    assert m["seeds"] == [0, 1] and m["margin"] == pytest.approx(0.255)
+    assert m["ci"] == pytest.approx(list(mean_interval([0.25, 0.26])[1:]))  # paired over seeds
+    assert g["margins"]["random"]["eval"]["seeds"] == [0]  # only seed 0 has a random run
+    d, lo, hi = newcombe_interval(90, 100, 20, 100)
+    assert g["margins"]["random"]["eval"]["margin"] == pytest.approx(d)
+    assert g["margins"]["random"]["eval"]["ci"] == pytest.approx([lo, hi])
+    assert g["beats_pixel_robust"] is True and g["flag"] == ""
+    k = out["kedmi"]  # one seed, 90% vs 25% under robust: clearly beats pixel
+    assert k["beats_pixel_robust"] is True
+    recs.append(_judged("k1", 0, {"eval": 0.95, "robust": 0.3}, attack="kedmi", group="k2"))
+    k2 = next(e for e in baseline_margins(recs) if e["attack"] == "kedmi" and e["margins"]["pixel"]["robust"]["margin"] < 0.1)
+    assert k2["beats_pixel_robust"] is False and "does not beat pixel" in k2["flag"]
+    from mi_bench.results import margin_rows
+    head, body = margin_rows(baseline_margins(recs))
+    assert "vs pixel: robust" in head and any("does not beat pixel" in row[-1] for row in body)
 
 
 def test_json_safe_makes_records_strict_json():

@@ -1,0 +1,167 @@
+"""Judges: independence, the reject option, PGD, consensus arithmetic, config validation and
+what a run records."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from mi_bench.config import ConfigError, compose
+from mi_bench.judges import (
+    JUNK_KINDS, NONE, Judge, JudgeRecipe, health, junk_images, pgd, score_judges,
+)
+from mi_bench.models import build_model
+from mi_bench.train import train_classifier
+
+
+def test_judges_are_independent_by_construction():
+    for preset in ("smoke", "quick", "paper"):
+        cfg = compose([f"preset={preset}"])
+        arch = {"eval": cfg.evaluator.model, "resnet": cfg.judge.resnet.model, "robust": cfg.judge.robust.model}
+        seeds = {"eval": cfg.eval_seed, "resnet": cfg.judge.resnet.seed, "robust": cfg.judge.robust.seed}
+        assert len({arch["eval"], arch["resnet"].rstrip("0123456789"), arch["robust"]}) == 3, arch
+        assert cfg.target.model not in arch.values()
+        assert len(set(seeds.values())) == 3 and cfg.seed not in seeds.values()
+        assert cfg.judge.resnet.augment == "crop_affine" and cfg.judge.resnet.adversarial == "none"
+        assert cfg.judge.robust.adversarial == "pgd_l2" and cfg.judge.robust.eps == 1.5
+        assert cfg.judges == ["eval", "resnet", "robust"]
+
+
+def test_a_run_records_each_judge_its_architecture_seed_and_training(smoke_run):
+    judges = smoke_run["protocol"]["judges"]
+    assert list(judges) == ["eval", "resnet", "robust"]
+    assert len({j["architecture"] for j in judges.values()}) == 3
+    assert len({j["seed"] for j in judges.values()}) == 3
+    assert judges["resnet"]["augmentation"] == "crop_affine" and judges["eval"]["augmentation"] == "none"
+    assert judges["robust"]["adversarial"].startswith("PGD l2 eps=1.5")
+    assert judges["eval"]["adversarial"] == "none" == judges["resnet"]["adversarial"]
+    assert all("'none' class" in j["reject"] for j in judges.values())
+    assert len({j["key"] for j in judges.values()}) == 3
+    for name, kind in (("eval", "evaluator"), ("resnet", "judge-resnet"), ("robust", "judge-robust")):
+        assert smoke_run["artifacts"][kind]["key"] == judges[name]["key"]
+        assert len(smoke_run["artifacts"][kind]["sha256"]) == 64
+    for j in judges.values():  # health checks computed once after training, recorded each run
+        assert {"test_acc", "reject_rate_real", "reject_rate_junk", "rejects_black", "rejects_white"} <= set(j)
+    assert "robust_acc" in judges["robust"] and "robust_acc" not in judges["resnet"]
+    m = smoke_run["metrics"]
+    assert set(m["judges"]) == {"eval", "resnet", "robust"}
+    assert m["judges"]["eval"]["acc"] == m["attack_acc"]  # attack_acc stays the eval judge
+    assert m["attack_acc_resnet"] == m["judges"]["resnet"]["acc"]
+    assert m["consensus_acc"] <= min(r["acc"] for r in m["judges"].values())
+    for r in m["judges"].values():
+        assert r["acc_ci"][0] <= r["acc"] <= r["acc_ci"][1]
+
+
+class _Fixed(nn.Module):
+    """A 'judge' whose logits are given per input index (the inputs carry their index)."""
+
+    def __init__(self, preds, k):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1))
+        self.preds, self.k = preds, k
+
+    def forward(self, x):
+        idx = x.flatten(1)[:, 0].round().long()
+        out = torch.zeros(len(x), self.k + 1)
+        out[torch.arange(len(x)), torch.tensor(self.preds)[idx]] = 1.0
+        return out
+
+
+def test_consensus_and_rejection_arithmetic():
+    # 2 classes x 3 samples; private classes 0, 1 are domain labels 3, 7; 'none' is output 10
+    images = torch.arange(6, dtype=torch.float32).view(2, 3, 1, 1, 1).expand(2, 3, 1, 2, 2).clone()
+    a = _Fixed([3, 3, 10, 7, 7, 2], 10)     # right, right, rejected | right, right, wrong
+    b = _Fixed([3, 5, 3, 7, 7, 7], 10)      # right, wrong, right    | right, right, right
+    judges = {"eval": Judge("eval", a, 10), "robust": Judge("robust", b, 10)}
+    out = score_judges(judges, images, [0, 1], [3, 7])
+    assert out["judges"]["eval"]["acc"] == pytest.approx(4 / 6)
+    assert out["judges"]["eval"]["rejected"] == pytest.approx(1 / 6)
+    assert out["judges"]["eval"]["predictions"] == [[3, 3, NONE], [7, 7, 2]]
+    assert out["judges"]["robust"]["per_class"] == {0: pytest.approx(2 / 3), 1: 1.0}
+    assert out["attack_acc_robust"] == pytest.approx(5 / 6) and "attack_acc_eval" not in out
+    assert out["consensus_acc"] == pytest.approx(3 / 6)  # samples 0, 3, 4
+    assert out["consensus_judges"] == ["eval", "robust"]
+    lo, hi = out["consensus_acc_ci"]
+    assert lo < 0.5 < hi
+
+
+@pytest.mark.parametrize("tokens,needle", [
+    (["judges=[eval,vit]"], "unknown judge(s) vit"),
+    (["judges=[robust]"], "must include eval"),
+    (["judges=[eval,eval]"], "names a judge twice"),
+    (["judges=[eval]", "judge.diversity_judge=robust"], "judge.diversity_judge=robust is not among"),
+    (["judge.robust.adversarial=fgsm"], "choose one of none, pgd_l2, pgd_linf"),
+    (["judge.none_fraction=1.5"], "judge.none_fraction=1.5 is out of range"),
+])
+def test_judge_config_is_validated(tokens, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        compose(tokens)
+
+
+def test_judges_can_be_chosen():
+    assert compose(["judges=[eval,robust]"]).judges == ["eval", "robust"]
+
+
+def test_junk_images_cover_every_kind_in_range():
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(8, 3, 16, 16)
+    x = junk_images(400, (3, 16, 16), real=real, generator=g)
+    assert x.shape == (400, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
+    flat = x.flatten(1)
+    assert (flat.std(1) < 1e-6).sum() > 10  # constant images, black and white among them
+    assert (flat.amax(1) == 0).any() and (flat.amin(1) == 1).any()
+    assert (flat.std(1) > 0.2).sum() > 10  # noise
+    again = junk_images(400, (3, 16, 16), real=real, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, again)
+    assert "negative" in JUNK_KINDS and junk_images(5, (1, 8, 8)).shape == (5, 1, 8, 8)
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_pgd_stays_in_the_ball_and_raises_the_loss(norm):
+    torch.manual_seed(0)
+    model = build_model("madrynet", num_classes=4, in_channels=1, width=0.25)
+    x, y = torch.rand(16, 1, 32, 32), torch.randint(0, 4, (16,))
+    eps = 1.0 if norm == "l2" else 0.05
+    adv = pgd(model, x, y, norm=norm, eps=eps, steps=5)
+    d = (adv - x).flatten(1)
+    size = d.norm(dim=1) if norm == "l2" else d.abs().amax(1)
+    assert (size <= eps + 1e-5).all() and adv.min() >= 0 and adv.max() <= 1
+    ce = nn.functional.cross_entropy
+    assert ce(model(adv), y) > ce(model(x), y)
+    assert model.training  # mode restored
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_recipe_adds_labelled_junk_and_adversarial_examples():
+    cfg = compose(["preset=smoke"]).judge.robust
+    recipe = JudgeRecipe(cfg, num_classes=10, input_shape=(1, 32, 32), none_fraction=0.5)
+    model = build_model(cfg.model, num_classes=11, in_channels=1, width=cfg.width)
+    x, y = torch.rand(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    x2, y2 = recipe.prepare_batch(model, x, y)
+    assert x2.shape == (12, 1, 32, 32) and (y2[8:] == 10).all() and torch.equal(y2[:8], y)
+    assert (x2[:8] - x).flatten(1).norm(dim=1).max() <= cfg.eps + 1e-5
+    assert not torch.equal(x2[:8], x)
+
+
+def test_reject_option_rejects_blank_images_and_keeps_real_ones(digits_world):
+    """A judge trained with the 'none' class rejects blank and near-constant images while
+    accepting real test digits; the same network trained without it cannot say no."""
+    s = digits_world.splits
+    cfg = dataclasses.replace(compose(["preset=quick"]).judge.resnet, epochs=4, augment="none")
+
+    def train(none_fraction):
+        recipe = JudgeRecipe(cfg, num_classes=10, input_shape=s.image_shape, none_fraction=none_fraction)
+        res = train_classifier(lambda: build_model("resnet8", num_classes=11, in_channels=1, width=0.5),
+                               s.eval_train, s.eval_val, cfg, seed=7, defense=recipe)
+        return Judge("t", res.model, 10, cfg)
+
+    judge = train(0.25)
+    blank = torch.stack([torch.zeros(1, 32, 32), torch.ones(1, 32, 32), torch.full((1, 32, 32), 0.5),
+                         (torch.rand(1, 32, 32) * 0.03)])
+    assert (judge.predict(blank) == NONE).all()
+    h = health(judge, s.eval_test)
+    assert h["rejects_black"] and h["rejects_white"]
+    assert h["reject_rate_real"] <= 0.05 and h["test_acc"] >= 0.85 and h["reject_rate_junk"] >= 0.9
+    plain = train(0.0)
+    assert (plain.predict(blank) != NONE).all()
