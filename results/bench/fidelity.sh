@@ -21,10 +21,10 @@ export MI_BENCH_CACHE=${MI_BENCH_CACHE:-/tmp/mi-bench-bench-cache}
 export MI_BENCH_DATA=${MI_BENCH_DATA:-../shared/data}
 if [[ "${FIDELITY_SMOKE:-0}" == 1 ]]; then
   ROOT=results/fidelity-smoke SEEDS=0 DIGITS="preset=smoke" MNIST="dataset=mnist preset=smoke"
-  MD=$ROOT/fidelity.md
+  MD=$ROOT/fidelity.md PLOT=$ROOT/fidelity_tradeoff.png
 else
   ROOT=results/fidelity SEEDS=0,1,2 DIGITS="preset=quick" MNIST="dataset=mnist preset=quick"
-  MD=results/bench/fidelity.md
+  MD=results/bench/fidelity.md PLOT=results/bench/fidelity_tradeoff.png
 fi
 DB=$ROOT/fidelity.sqlite
 OUT="results_db=$DB results_dir=$ROOT/runs --quiet"
@@ -41,5 +41,6 @@ mi-bench sweep $DIGITS defense=none,bido-coco,bido-shipped,mid attack=kedmi,plgm
 mi-bench sweep $DIGITS defense=none recipe=bido,mid attack=kedmi,plgmi seed=$SEEDS $OUT
 
 mkdir -p "$(dirname "$MD")"
-mi-bench leaderboard --db "$DB" --format markdown -o "$MD" --plot "$ROOT/fidelity_tradeoff.png"
+mi-bench leaderboard --db "$DB" --format markdown -o "$MD" --plot "$PLOT"
 mi-bench leaderboard --db "$DB" --format csv -o "$ROOT/fidelity.csv"
+[[ "${FIDELITY_SMOKE:-0}" == 1 ]] || mi-bench db export --db "$DB" -o results/bench/fidelity.records.jsonl

@@ -8,8 +8,10 @@
 # prints the `mi-bench label` commands for the human check (50 images per attack); re-run the
 # report after labelling to get every judge's agreement with the person.
 #
-# Usage: bash results/bench/judges.sh                 -> results/bench/judges.sqlite, judges.md
-#        PRESET=smoke bash results/bench/judges.sh    (a shrunken check: judges-smoke.sqlite/.md)
+# Usage: bash results/bench/judges.sh                 -> results/local/judges.sqlite (ignored),
+#                                                        results/bench/judges.{md,records.jsonl}
+#        PRESET=smoke bash results/bench/judges.sh    (a shrunken check, seed 0 only)
+# Target seeds 0, 1, 2 (quick), so a defense's separation from none has an interval over seeds.
 # Run time (not measured here; the lead runs it on a quiet machine): the smoke-sized run of this
 # script took 47 s for its 20 runs (PRESET=smoke, cold cache, this 2-core CPU under light load).
 # Quick, estimated from the stages of the cold quickstart (target 15-20 s, judges 45 s on digits /
@@ -22,10 +24,12 @@ export MI_BENCH_CACHE=${MI_BENCH_CACHE:-/tmp/mi-bench-bench-cache}
 export MI_BENCH_DATA=${MI_BENCH_DATA:-../shared/data}
 PRESET=${PRESET:-quick}
 SUFFIX=$([ "$PRESET" = quick ] && echo "" || echo "-$PRESET")
-DB=results/bench/judges$SUFFIX.sqlite
-OUT="preset=$PRESET results_db=$DB results_dir=results/bench/runs$SUFFIX eval.grid_samples=20 --quiet"
+SEEDS=$([ "$PRESET" = quick ] && echo 0,1,2 || echo 0)
+DB=results/local/judges$SUFFIX.sqlite
+OUT="preset=$PRESET seed=$SEEDS results_db=$DB results_dir=results/local/judges$SUFFIX/runs eval.grid_samples=20 --quiet"
 ATTACKS=gmi,kedmi,plgmi,random,pixel
 mi-bench sweep dataset=digits attack=$ATTACKS defense=none,bido-hsic $OUT
 mi-bench sweep dataset=mnist attack=$ATTACKS defense=none,bido-hsic $OUT
 python results/bench/judges_report.py "$DB" > results/bench/judges$SUFFIX.md
-echo "wrote results/bench/judges$SUFFIX.md"
+mi-bench db export --db "$DB" -o results/bench/judges$SUFFIX.records.jsonl
+echo "wrote results/bench/judges$SUFFIX.md and judges$SUFFIX.records.jsonl"
