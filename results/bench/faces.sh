@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 8 face benchmark. Run from anywhere, on a quiet machine:
 #
-#   bash results/bench/faces.sh cpu   # LFW, preset=cpu, one thread: GMI, KED-MI, PLG-MI against
-#                                     # none and bido -> results/bench/faces.{sqlite,md}, grids
+#   bash results/bench/faces.sh cpu   # LFW, preset=cpu, one thread: GMI, KED-MI, PLG-MI and the
+#                                     # random/pixel baselines against none and bido
+#                                     # -> results/bench/faces.{md,records.jsonl}
 #   bash results/bench/faces.sh gpu   # CelebA, preset=paper, one undefended run per attack, CUDA
 #
 # cpu: 6 runs. Estimated from component timings taken on this 2-core machine while others were
@@ -27,12 +28,14 @@ export MI_BENCH_DATA=${MI_BENCH_DATA:-../shared/data}
 mode=${1:-cpu}
 
 if [ "$mode" = cpu ]; then
-  DB=results/bench/faces.sqlite
-  OUT="results_db=$DB results_dir=results/bench/faces_grids --quiet"
+  DB=results/local/faces.sqlite
+  OUT="results_db=$DB results_dir=results/local/faces/runs --quiet"
   LOG=results/bench/faces_times.log
   # GMI first: its prior is shared, so GMI/bido reuses the prior and the evaluator (the "further
-  # defense within 10 minutes" check); KED-MI and PLG-MI train a prior per target.
-  for attack in gmi kedmi plgmi; do
+  # defense within 10 minutes" check); KED-MI and PLG-MI train a prior per target. Then the
+  # calibration baselines (issue 12): `random` (best of N samples of GMI's cached prior) and
+  # `pixel` (GAN-free gradient inversion from public faces), against the same targets.
+  for attack in gmi kedmi plgmi random pixel; do
     for defense in none bido; do
       start=$(date +%s)
       mi-bench run dataset=lfw preset=cpu threads=1 attack=$attack defense=$defense $OUT
@@ -42,6 +45,7 @@ if [ "$mode" = cpu ]; then
   python results/bench/faces_report.py "$DB" > results/bench/faces.md
   mi-bench leaderboard --db "$DB" --format markdown -o results/bench/faces_leaderboard.md \
     --plot results/bench/faces_tradeoff.png
+  mi-bench db export --db "$DB" -o results/bench/faces.records.jsonl
 elif [ "$mode" = gpu ]; then
   DB=results/bench/faces_gpu.sqlite
   CLASSES="classes=[$(seq -s, 0 299)]"
