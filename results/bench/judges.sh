@@ -25,11 +25,13 @@ export MI_BENCH_DATA=${MI_BENCH_DATA:-../shared/data}
 PRESET=${PRESET:-quick}
 SUFFIX=$([ "$PRESET" = quick ] && echo "" || echo "-$PRESET")
 SEEDS=$([ "$PRESET" = quick ] && echo 0,1,2 || echo 0)
-DB=results/local/judges$SUFFIX.sqlite
-OUT="preset=$PRESET seed=$SEEDS results_db=$DB results_dir=results/local/judges$SUFFIX/runs eval.grid_samples=20 --quiet"
+# The quick runs share their database with results/bench/fidelity.sh: the GMI (and KED-MI/PLG-MI)
+# cells against none and BiDO-HSIC are the same configurations there, so each runs once.
+if [ "$PRESET" = quick ]; then ROOT=results/fidelity; DB=$ROOT/fidelity.sqlite
+else ROOT=results/local/judges$SUFFIX; DB=$ROOT.sqlite; fi
+OUT="preset=$PRESET seed=$SEEDS results_db=$DB results_dir=$ROOT/runs --quiet"
 ATTACKS=gmi,kedmi,plgmi,random,pixel
 mi-bench sweep dataset=digits attack=$ATTACKS defense=none,bido-hsic $OUT
 mi-bench sweep dataset=mnist attack=$ATTACKS defense=none,bido-hsic $OUT
-python results/bench/judges_report.py "$DB" > results/bench/judges$SUFFIX.md
-mi-bench db export --db "$DB" -o results/bench/judges$SUFFIX.records.jsonl
-echo "wrote results/bench/judges$SUFFIX.md and judges$SUFFIX.records.jsonl"
+python results/bench/judges_report.py "$DB" "none;bido[lambda_x=0.05,lambda_y=0.5]" > results/bench/judges$SUFFIX.md
+echo "wrote results/bench/judges$SUFFIX.md (records: results/bench/fidelity.records.jsonl for quick)"

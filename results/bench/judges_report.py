@@ -3,7 +3,7 @@ consensus, diversity, margins over the calibration baselines, whether a defense 
 no defense beyond the intervals, grids where the judges disagree, and - once people labelled
 runs with `mi-bench label` - each judge's agreement with them.
 
-Usage: python results/bench/judges_report.py results/bench/judges.sqlite > results/bench/judges.md
+Usage: python results/bench/judges_report.py DB ['none;bido[lambda_x=0.05,lambda_y=0.5]'] > results/bench/judges.md
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ def key(r):
     return c["dataset"]["name"], c["dataset"]["protocol"], r["defense_label"], c["attack"]["name"]
 
 
-def main(db: str) -> None:
-    records = sorted(ResultStore(db).records(), key=lambda r: r["created_at"])
+def main(db: str, defenses: str = "") -> None:
+    """``defenses``: the defense labels to keep, separated by ';' (the database may hold more)."""
+    keep = set(filter(None, defenses.split(";")))
+    records = sorted((r for r in ResultStore(db).records() if not keep or r["defense_label"] in keep),
+                     key=lambda r: r["created_at"])
     latest = {key(r): r for r in records}  # one run per dataset/defense/attack (seed 0)
     judges = ["eval", "resnet", "robust"]
     out = [f"# Judges, baselines and the human check (issue 12)\n",
@@ -126,4 +129,5 @@ def main(db: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results/bench/judges.sqlite")
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/fidelity/fidelity.sqlite",
+         sys.argv[2] if len(sys.argv) > 2 else "")
