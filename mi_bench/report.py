@@ -240,7 +240,10 @@ def leaderboard_table(rows: list[dict[str, Any]], slug: str) -> str:
             if k not in HIDDEN]
     body = table_rows(rows)
     notes = _Notes(slug)
-    head = "".join(f'<th title="click to sort">{esc(h)}</th>' for _, _, h in cols) + "<th>runs</th>"
+    text_cols = {k for _, k, _ in cols if _sort_value(rows[0], k) is None}
+    txt = ' class="txt"'
+    head = "".join(f'<th title="click to sort"{txt if k in text_cols else ""}>{esc(h)}</th>'
+                   for _, k, h in cols) + f"<th{txt}>runs</th>"
     trs = []
     for r, cells in zip(rows, body):
         tds = []
@@ -439,10 +442,10 @@ body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 
 h1{font-size:22px;margin:18px 0 4px}h2{font-size:18px;margin:28px 0 6px;border-bottom:2px solid #ddd;padding-bottom:3px}
 h3{font-size:15px;margin:18px 0 6px}h4{font-size:14px;margin:0 0 2px;font-family:ui-monospace,monospace}
 .note,.legend,.meta,figcaption{color:#555;font-size:12.5px;max-width:1100px}.meta{margin:0 0 6px}
-nav ul{columns:2;font-size:13px}
+nav ul{columns:2;font-size:13px}details.how summary{cursor:pointer;font-size:13px;color:#333}
 table.board{border-collapse:collapse;font-size:12.5px;margin:6px 0}
 table.board th,table.board td{border:1px solid #ddd;padding:3px 6px;text-align:right;white-space:nowrap}
-table.board td.txt{text-align:left}table.board th{background:#f3f3f5;cursor:pointer;user-select:none}
+table.board td.txt,table.board th.txt{text-align:left}table.board th{background:#f3f3f5;cursor:pointer;user-select:none}
 table.board th[aria-sort=ascending]::after{content:" \\25B2"}table.board th[aria-sort=descending]::after{content:" \\25BC"}
 table.board tbody tr:nth-child(even){background:#fafafa}
 ol.notes{font-size:12px;color:#555;word-break:break-all}
@@ -549,10 +552,11 @@ def build_report(records: list[dict[str, Any]], rows: list[dict[str, Any]], *,
         '<link rel="icon" href="data:,">'
         f"<title>mi-bench report</title><style>{CSS}{gallery.css()}</style></head><body>"
         f"<h1>mi-bench report</h1>{intro}"
+        '<details class="how"><summary>Protocol and columns: how to read the numbers</summary>'
         f'<p class="note">{esc(protocol_note(rows))}'
         + (" n/a = absent by design (reason in the footnote); failed = the computation failed (its "
            "error in the footnote)." if absent_any else "")
-        + f"</p><nav><ul>{''.join(toc)}</ul></nav>{''.join(body)}"
+        + f"</p></details><nav><ul>{''.join(toc)}</ul></nav>{''.join(body)}"
         f"<script>{JS}</script></body></html>\n"
     )
 

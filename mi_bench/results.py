@@ -446,10 +446,6 @@ def select(items: list[dict[str, Any]], *, dataset: Iterable[str] = (), attack: 
     return out
 
 
-# config keys that do not change results: never what tells two entries apart
-_NOT_SEMANTIC = ("seed", "threads", "device", "data_root", "cache_dir", "results_db", "results_dir")
-
-
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -464,7 +460,10 @@ def _mark_variants(rows: list[dict[str, Any]], configs: list[dict[str, Any]], mo
     """Entries of one dataset/protocol/attack/preset with the same defense label but different
     configs (e.g. ``attack.restarts``) get ``variant``: the differing keys and their values
     (``attack.restarts=3``; ``unset`` = the key is not in that record's config), so tables can
-    tell them apart. Others get ``""``."""
+    tell them apart; keys that do not change results (``NON_SEMANTIC``) only when nothing else
+    differs (records hashed by an older mi-bench). Others get ``""``."""
+    from mi_bench.config import NON_SEMANTIC
+
     same: dict[tuple, list[int]] = {}
     for i, r in enumerate(rows):
         r["variant"] = ""
@@ -472,9 +471,9 @@ def _mark_variants(rows: list[dict[str, Any]], configs: list[dict[str, Any]], mo
     for idx in same.values():
         if len(idx) < 2:
             continue
-        flats = [{k: v for k, v in _flat(configs[i]).items() if k.split(".")[0] not in _NOT_SEMANTIC}
-                 for i in idx]
+        flats = [{k: v for k, v in _flat(configs[i]).items() if k != "seed"} for i in idx]
         keys = sorted(k for k in set().union(*flats) if len({f.get(k) for f in flats}) > 1)
+        keys = [k for k in keys if k.split(".")[0] not in NON_SEMANTIC] or keys
         for i, f in zip(idx, flats):
             parts = [f"{k}={json.loads(f[k]) if k in f else 'unset'}" for k in keys[:most]]
             rows[i]["variant"] = ", ".join(parts) + (f", +{len(keys) - most} more" if len(keys) > most else "")

@@ -170,7 +170,8 @@ def _width(console: Console, table: Table) -> int:
 
 def _fit(cols: list[_Col], width: int, probe: Console) -> tuple[list[_Col], list[int], list[str]]:
     """The FIRST columns, then each other column in order of priority if the table still fits
-    ``width`` with every cell uncut; the room left goes to the wrapping (defense) column.
+    ``width`` with every cell uncut; the room left goes to the wrapping (defense) column, then
+    to headers that would wrap.
     Returns the columns, their widths and the headers left out."""
     chosen = [c for c in cols if c.key in FIRST]
     left_out = []
@@ -182,9 +183,11 @@ def _fit(cols: list[_Col], width: int, probe: Console) -> tuple[list[_Col], list
             left_out.append(c.header)
     widths = [c.minimum for c in chosen]
     room = width - _width(probe, _table("", chosen, widths))
-    for i, c in enumerate(chosen):
-        if c.wrap and room > 0:
-            extra = min(room, c.natural - widths[i])
+    # room left: the defense label on one line first, then headers on one line, left to right
+    wanted = [c.natural if c.wrap else 0 for c in chosen], [cell_len(c.header) for c in chosen]
+    for want in wanted:
+        for i in range(len(chosen)):
+            extra = max(0, min(room, want[i] - widths[i]))
             widths[i] += extra
             room -= extra
     return chosen, widths, left_out

@@ -162,3 +162,17 @@ def test_cli_table_reads_several_record_files_and_fits_columns(tmp_path, monkeyp
     assert "kedmi on digits" in r.stdout and "gmi on mnist" in r.stdout
     wide = CliRunner().invoke(cli, ["leaderboard", "--records", str(a), "--records", str(b), "--wide"])
     assert "3 (0,1,2)" in wide.stdout and "KID (E)" in wide.stdout
+
+
+def test_entries_with_one_label_but_different_configs_say_how_they_differ():
+    a, b, c = record("a"), record("b"), record("c", defense="mid", label="mid[beta=0.1]")
+    a["config"]["attack"]["restarts"], b["config"]["attack"]["restarts"] = 2, 3
+    a["config"]["results_db"], b["config"]["results_db"] = "x.sqlite", "y.sqlite"  # not a difference
+    b["group_hash"] = "other"
+    rows = leaderboard([a, b, c])
+    assert sorted(r["variant"] for r in rows) == ["", "attack.restarts=2", "attack.restarts=3"]
+    text, _ = _render(rows)
+    assert "(attack.restarts=2)" in text and "(attack.restarts=3)" in text and "results_db" not in text
+    # only non-semantic keys differ (records hashed by an older mi-bench): those are named
+    b["config"]["attack"]["restarts"] = 2
+    assert {r["variant"] for r in leaderboard([a, b])} == {"results_db=x.sqlite", "results_db=y.sqlite"}
