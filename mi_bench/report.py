@@ -18,7 +18,8 @@ its colon as ``&#58;``, which displays the same). Per dataset / protocol / attac
   (never downloaded); when it cannot be loaded the run's ``grid.png`` (which holds real images)
   is shown instead and the page says why; a run whose images were not kept says so;
 * each run's full protocol and config, one click away (``<details>``; the leaderboard's run
-  links open it);
+  links open it; the ``protocol`` part, the same for most runs, is stored once and copied in
+  by the page's script, see :class:`Protocols`);
 * each defense's effect against its published and matched baselines and each attack's margin
   over the calibration baselines, where the records allow them.
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 HIDDEN = ("dataset", "protocol", "attack", "preset")  # the section heading says them
 OK, SOME, NONE = "#2e9e44", "#e38b12", "#c83a2e"  # frame colours: all / some / no judges agree
 REJECTED = "#9a9a9a"
+COLOURS = {"ok": OK, "some": SOME, "no": NONE, "rej": REJECTED}
 
 
 @dataclass
@@ -279,20 +281,45 @@ def _figure(rows: list[dict[str, Any]], title: str) -> str:
             "private and more accurate). Labels: defense strengths.</figcaption></figure>")
 
 
-def _protocol_details(rec: dict[str, Any]) -> str:
-    keep = {k: rec[k] for k in ("run_id", "created_at", "seed", "defense_label", "config", "protocol",
-                                "artifacts", "versions", "machine", "wall_seconds") if k in rec}
-    return (f'<details class="protocol" id="run-{esc(rec["run_id"])}"><summary>run {esc(rec["run_id"])} '
-            f'(seed {esc(rec["config"]["seed"])}): full protocol and config</summary>'
-            f"<pre>{esc(_pretty(keep), quote=False)}</pre></details>")
+class Protocols:
+    """Each run's full protocol and config behind a ``<details>``. The run-specific part (config,
+    artifacts, versions, ...) is written in the run's block; its ``protocol`` - long and the same
+    for most runs - is written once per distinct value at the end of the page, and the page's
+    script copies it into the run's block when it opens (without script, a link leads to it)."""
+
+    def __init__(self) -> None:
+        self.shared: dict[str, tuple[str, list[str]]] = {}  # protocol JSON -> (id, run ids)
+
+    def details(self, rec: dict[str, Any]) -> str:
+        text = _pretty(rec.get("protocol", {}))
+        pid, runs = self.shared.setdefault(text, (f"protocol-{len(self.shared) + 1}", []))
+        runs.append(rec["run_id"])
+        keep = {k: rec[k] for k in ("run_id", "created_at", "seed", "defense_label", "config", "artifacts",
+                                    "trained", "versions", "machine", "wall_seconds") if k in rec}
+        rid = esc(rec["run_id"])
+        return (f'<details class="protocol" id="run-{rid}"><summary>run {rid} (seed '
+                f'{esc(rec["config"]["seed"])}): full protocol and config</summary>'
+                f'<p class="note">"protocol" (<a href="#{pid}">{pid}</a>):</p>'
+                f'<pre class="shared" data-ref="{pid}"></pre><p class="note">record:</p>'
+                f"<pre>{esc(_pretty(keep), quote=False)}</pre></details>")
+
+    def html(self) -> str:
+        if not self.shared:
+            return ""
+        blocks = "".join(
+            f'<details class="protocol" id="{pid}"><summary>{pid}: the protocol of {len(runs)} run(s) '
+            f"({esc(', '.join(runs[:6]))}{', ...' if len(runs) > 6 else ''})</summary>"
+            f"<pre>{esc(text, quote=False)}</pre></details>" for text, (pid, runs) in self.shared.items())
+        return f'<section id="protocols"><h2>Protocols</h2>{blocks}</section>'
 
 
 class Gallery:
     """The galleries of one section: the same attacked classes for every defense."""
 
-    def __init__(self, options: ReportOptions, real: RealImages) -> None:
+    def __init__(self, options: ReportOptions, real: RealImages, protocols: Protocols) -> None:
         self.o = options
         self.real = real
+        self.protocols = protocols
         self.real_css: dict[tuple[str, int, int], tuple[str, str]] = {}
 
     def _pick(self, recs: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, Path | None]:
@@ -348,7 +375,7 @@ class Gallery:
         if m.get("consensus_acc") is not None:
             info += f", consensus {100 * m['consensus_acc']:.1f}%"
         info += "</p>"
-        details = "".join(_protocol_details(r) for r in recs)
+        details = "".join(self.protocols.details(r) for r in recs)
         return f'<div class="card">{head}{info}{self._images(rec, loaded, classes)}{details}</div>'
 
     def _images(self, rec: dict[str, Any], loaded: Any, classes: list[int]) -> str:
@@ -404,22 +431,23 @@ class Gallery:
         return "".join(f'.{name}{{background-image:url("{uri}")}}' for name, uri in self.real_css.values())
 
     def _framed(self, img: Any, judged: dict[str, list[list[int]]], ci: int, s: int, label: int, c: int) -> str:
+        """A reconstruction in a frame (class ``f-ok`` / ``f-some`` / ``f-no``: all / some / no
+        judge names the attacked class; ``f-none``: no verdict recorded) with one dot per judge
+        (``d-ok`` attacked class, ``d-no`` another class, ``d-rej`` rejected)."""
         dots, tips, ok = [], [], []
         for j, pred in judged.items():
             try:
                 p = pred[ci][s]
             except (IndexError, TypeError):
                 continue
-            right = p == label
-            ok.append(right)
-            colour = OK if right else (REJECTED if p == -1 else NONE)
-            dots.append(f'<i style="background:{colour}"></i>')
-            tips.append(f"{j}: {'rejected' if p == -1 else p}{' (attacked class)' if right else ''}")
-        frame = REJECTED if not ok else (OK if all(ok) else (NONE if not any(ok) else SOME))
-        tip = f"attacked class {c} (label {label}); " + ("; ".join(tips) or "no verdicts recorded")
-        return (f'<span class="recon" style="border-color:{frame}" title="{esc(tip)}">'
-                f'<img src="{png_uri(_uint8(img), self.o.thumb)}" alt="reconstruction {s}, class {c}">'
-                f'<span class="dots">{"".join(dots)}</span></span>')
+            ok.append(p == label)
+            kind = "ok" if p == label else ("rej" if p == -1 else "no")
+            dots.append(f'<i class="d-{kind}"></i>')
+            tips.append(f"{j} {'rejected' if p == -1 else p}{' ✓' if p == label else ''}")
+        frame = "none" if not ok else ("ok" if all(ok) else ("no" if not any(ok) else "some"))
+        tip = f"class {c} (label {label}): " + (", ".join(tips) or "no verdicts recorded")
+        return (f'<span class="recon f-{frame}" title="{esc(tip)}"><img src="{png_uri(_uint8(img), self.o.thumb)}" '
+                f'alt="reconstruction {s}, class {c}"><span class="dots">{"".join(dots)}</span></span>')
 
 
 def _md_table_html(head: list[str], body: list[list[str]]) -> str:
@@ -458,11 +486,20 @@ span.real,span.recon img{width:48px;height:48px;image-rendering:pixelated;displa
 span.real{display:inline-block;margin:3px 2px;border:3px solid transparent;background-size:100% 100%}
 span.recon{display:inline-block;border:3px solid;margin:0 2px;vertical-align:top}
 span.dots{display:flex;gap:2px;justify-content:center;padding:1px 0;background:#fff}span.dots i{width:7px;height:7px;border-radius:50%;display:block}
+.f-ok{border-color:@ok@}.f-some{border-color:@some@}.f-no{border-color:@no@}.f-none{border-color:@rej@}
+.d-ok{background:@ok@}.d-no{background:@no@}.d-rej{background:@rej@}
 .sw{display:inline-block;width:11px;height:11px;border-radius:2px;vertical-align:-1px}
 img.grid{max-width:100%;display:block}
-details.protocol{margin-top:4px;font-size:12px}details.protocol pre{max-height:420px;overflow:auto;background:#f6f6f8;padding:6px;font-size:11px}
+details.protocol{margin-top:4px;font-size:12px}pre.shared:empty{display:none}details.protocol pre{max-height:420px;overflow:auto;background:#f6f6f8;padding:6px;font-size:11px}
 details.protocol:target,details.protocol[open]{outline:2px solid #9cc3ff}
 """
+
+def _css() -> str:
+    out = CSS
+    for k, colour in COLOURS.items():
+        out = out.replace(f"@{k}@", colour)
+    return out
+
 
 JS = """
 (function () {
@@ -489,10 +526,19 @@ JS = """
       });
     });
   });
+  function fill(details) {  // a run's protocol, copied from the one shared block that holds it
+    Array.prototype.forEach.call(details.querySelectorAll("pre.shared"), function (pre) {
+      var src = document.getElementById(pre.getAttribute("data-ref"));
+      if (!pre.textContent && src) { pre.textContent = src.querySelector("pre").textContent; }
+    });
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("details.protocol"), function (d) {
+    d.addEventListener("toggle", function () { if (d.open) { fill(d); } });
+  });
   function openTarget() {
     var id = decodeURIComponent(window.location.hash.slice(1));
     var el = id ? document.getElementById(id) : null;
-    if (el && el.tagName === "DETAILS") { el.open = true; el.scrollIntoView(); }
+    if (el && el.tagName === "DETAILS") { el.open = true; fill(el); el.scrollIntoView(); }
   }
   window.addEventListener("hashchange", openTarget);
   openTarget();
@@ -509,7 +555,8 @@ def build_report(records: list[dict[str, Any]], rows: list[dict[str, Any]], *,
 
     o = options or ReportOptions()
     by_id = {r["run_id"]: r for r in records}
-    gallery = Gallery(o, RealImages(o.data_root))
+    protocols = Protocols()
+    gallery = Gallery(o, RealImages(o.data_root), protocols)
     secs = sections(rows)
     toc, body = [], []
     for key, sec in secs.items():
@@ -550,13 +597,13 @@ def build_report(records: list[dict[str, Any]], rows: list[dict[str, Any]], *,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
-        f"<title>mi-bench report</title><style>{CSS}{gallery.css()}</style></head><body>"
+        f"<title>mi-bench report</title><style>{_css()}{gallery.css()}</style></head><body>"
         f"<h1>mi-bench report</h1>{intro}"
         '<details class="how"><summary>Protocol and columns: how to read the numbers</summary>'
         f'<p class="note">{esc(protocol_note(rows))}'
         + (" n/a = absent by design (reason in the footnote); failed = the computation failed (its "
            "error in the footnote)." if absent_any else "")
-        + f"</p></details><nav><ul>{''.join(toc)}</ul></nav>{''.join(body)}"
+        + f"</p></details><nav><ul>{''.join(toc)}</ul></nav>{''.join(body)}{protocols.html()}"
         f"<script>{JS}</script></body></html>\n"
     )
 

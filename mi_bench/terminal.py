@@ -198,7 +198,8 @@ def _missing_line(cols: list[_Col], notes: Footnotes) -> Text | None:
     (the narrow layout leaves them out)."""
     parts = []
     for c in cols:
-        kinds = sorted({c.marked(notes).cells[i] for i, w in enumerate(c.why) if w})
+        marked = c.marked(notes)
+        kinds = sorted({marked.cells[i] for i, w in enumerate(c.why) if w})
         if kinds:
             parts.append(f"{c.header} {' / '.join(kinds)}")
     return Text("In every row: " + ", ".join(parts), style="dim") if parts else None
@@ -223,18 +224,21 @@ def board(rows: list[dict[str, Any]], *, width: int, wide: bool = False,
         else:
             missing = [c for c in cols if c.empty]
             cols = sorted((c for c in cols if not c.empty), key=lambda c: _rank(c.key))
-            # choose with footnote numbers at least as long as the final ones, then number only
-            # the cells shown
-            chosen, _, out = _fit([c.marked(copy.deepcopy(notes)) for c in cols], width, probe)
-            left_out += [h for h in out if h not in left_out]
+            # choose with every column's footnotes numbered (numbers at least as long as the
+            # final ones), then number only the cells shown
+            trial = copy.deepcopy(notes)
+            chosen, _, out = _fit([c.marked(trial) for c in cols], width, probe)
             keys = [c.key for c in chosen]
-            cols, widths, _ = _fit([c.marked(notes) for c in cols if c.key in keys], width, probe)
+            cols, widths, out2 = _fit([c.marked(notes) for c in cols if c.key in keys], width, probe)
+            left_out += [h for h in out + out2 if h not in left_out]
         table = _table(section_title(key), cols, widths)
         need = max(need, _width(probe, table))
         parts += [Text(""), table]
         line = _missing_line(missing, notes) if missing else None
         if line is not None:
             parts.append(line)
+    if not rows:
+        parts.append(Text("No leaderboard entries: nothing recorded yet, or nothing matches the filters."))
     if left_out:
         parts.append(Text(f"Left out at {width} columns: {', '.join(left_out)} (a wider terminal "
                           "shows more; --wide shows every column and the seed lists).", style="dim"))

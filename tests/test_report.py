@@ -10,7 +10,7 @@ from boards import record, save_run, write_jsonl
 from click.testing import CliRunner
 
 from mi_bench.cli import cli
-from mi_bench.report import OK, SOME, esc
+from mi_bench.report import esc
 from mi_bench.viz import pareto_front
 
 ALL_RIGHT = [[c, c] for c in range(5)]
@@ -96,7 +96,10 @@ def test_report_sections_tables_plots_and_protocols(board_records):
     # every run one click away: a link in its leaderboard row and a <details> holding its config
     for rid in ("none0", "none1", "none2", "bido0", "mid0", "old0", "ked0", "mn0"):
         assert f'href="#run-{rid}"' in page and f'<details class="protocol" id="run-{rid}">' in page
-    assert '&quot;lambda_x' not in page and '"protocol": {' in page
+    assert '&quot;' not in page.split("<section")[1] and '"config": {' in page
+    # the protocol, the same for these runs, is stored once and copied in when a run opens
+    assert page.count('<details class="protocol" id="protocol-') == 1 and page.count("&quot;attacked_classes&quot;") == 0
+    assert page.count('"attacked_classes"') == 1 and page.count('data-ref="protocol-1"') == 8
     # n/a with its footnote; the filters apply
     assert re.search(r"n/a<sup><a href=\"#[^\"]+-n1\" title=\"Inception-v3", page)
     _, only = _report(board_records, "--attack", "gmi", "--dataset", "digits", "--defense", "none,bido")
@@ -114,12 +117,12 @@ def test_gallery_frames_follow_each_judge_and_falls_back_to_the_grid(board_recor
     for name in ("none", "bido[lambda_x=0.05,lambda_y=0.5]"):
         card = by_name[name]
         assert re.findall(r"class (\d)<br>", card) == ["0", "1", "2", "3", "4"]
-        assert card.count('<span class="real ') == 5 * 3 and card.count('<span class="recon"') == 5 * 2
+        assert card.count('<span class="real ') == 5 * 3 and card.count('<span class="recon f-') == 5 * 2
     # none: every judge right (green); bido: eval right, robust wrong (orange), one dot per judge
-    assert by_name["none"].count(f"border-color:{OK}") == 10
+    assert by_name["none"].count("recon f-ok") == 10
     bido = by_name["bido[lambda_x=0.05,lambda_y=0.5]"]
-    assert bido.count(f"border-color:{SOME}") == 10 and bido.count("<i style=") == 20
-    assert "robust: 9" in bido and "eval: 0 (attacked class)" in bido
+    assert bido.count("recon f-some") == 10 and bido.count("<i class=\"d-") == 20 and bido.count("d-no") == 10
+    assert 'title="class 0 (label 0): eval 0 ✓, robust 9"' in bido
     # the 3-seed entry shows its lowest seed, and says which run
     assert "run none0, seed 0" in by_name["none"]
     # no reconstructions kept: the grid, and why; nothing at all: said so
@@ -171,7 +174,10 @@ def test_report_in_a_real_browser(board_records, browser, tmp_path):
     assert len(widths) >= 15 and min(widths) > 0
     # a run link opens that run's protocol
     browser.find_element(By.CSS_SELECTOR, 'a.run[href="#run-none1"]').click()
-    assert browser.find_element(By.ID, "run-none1").get_attribute("open") is not None
+    opened = browser.find_element(By.ID, "run-none1")
+    assert opened.get_attribute("open") is not None
+    shown = opened.find_element(By.CSS_SELECTOR, "pre.shared").get_attribute("textContent")
+    assert '"attacked_classes": [0, 1, 2, 3, 4]' in shown and '"seed": 1' in opened.text
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
