@@ -20,6 +20,12 @@ Data functions (plain dicts/lists, no formatting; renderers build on them):
   (accuracies; ``<metric>_ci``). Also each judge's accuracy (``attack_acc_<judge>``), the
   consensus, diversity, and - where people labelled the runs (``mi-bench label``) -
   human-judged accuracy and each judge's false-positive rate against it (:func:`human_check`).
+  Each entry also names its runs (``run_ids``, by seed; ``group_hash``), the reasons of metrics
+  that failed (``failed_reasons``) or are absent by design (``absent_reasons``;
+  :func:`missing_metrics`), and ``variant``: how it differs from entries with the same defense
+  label (``attack.restarts=3``), else empty.
+* :func:`select` - entries (of any of these functions) of given datasets, attacks, defenses,
+  presets; :func:`sections` groups entries under dataset / protocol / attack / preset headings.
 * :func:`baseline_margins` - per real attack, its margin over the ``random`` and ``pixel``
   calibration baselines under each judge, on the same targets (seeds matched), flagged when it
   does not beat ``pixel`` under the robust judge.
@@ -30,6 +36,9 @@ Data functions (plain dicts/lists, no formatting; renderers build on them):
   ``defense=none recipe=bido``): the change in attack accuracy against each, with a Welch 95%
   interval over target seeds, marking a defense whose effect disappears against the matched
   baseline. :func:`render_effects` prints it as a markdown table.
+
+Renderers: :func:`render` (json, csv, markdown, latex, a plain html table), the terminal
+leaderboard (``mi_bench.terminal``) and the self-contained HTML report (``mi_bench.report``).
 """
 
 from __future__ import annotations

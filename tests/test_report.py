@@ -202,3 +202,22 @@ def test_report_bad_input_exits_2(tmp_path):
     bad.write_text("{not json\n")
     r = CliRunner().invoke(cli, ["report", "--records", str(bad), "-o", str(tmp_path / "r.html")])
     assert r.exit_code == 2 and "is not a JSON record" in r.output
+
+
+def test_report_of_a_pipeline_run(smoke_run, tmp_path):
+    """A record and run folder written by the pipeline (preset=smoke): reconstructions beside real
+    digits, three judges' dots under each, the protocol with the judges' descriptions."""
+    path = write_jsonl(tmp_path / "r.jsonl", [smoke_run])
+    out = tmp_path / "r.html"
+    r = CliRunner().invoke(cli, ["report", "--records", str(path), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    card = page.split('<div class="card">')[1]
+    n_s = smoke_run["metrics"]["n_reconstructions"] // 5
+    assert card.count('<span class="recon f-') == 5 * n_s and card.count('<span class="real ') == 5 * 3
+    assert card.count("<i class=\"d-") == 3 * 5 * n_s and "unavailable" not in card
+    judges = smoke_run["metrics"]["judges"]
+    p0 = {j: judges[j]["predictions"][0][0] for j in ("eval", "resnet", "robust")}
+    want = ", ".join(f"{j} {'rejected' if p == -1 else p}{' ✓' if p == 0 else ''}" for j, p in p0.items())
+    assert f'title="class 0 (label 0): {want}"' in card
+    assert '"judges": {' in page.split('<section id="protocols">')[1]
