@@ -363,7 +363,7 @@ class Gallery:
 
     def _card(self, row: dict[str, Any], recs: list[dict[str, Any]], rec: dict[str, Any] | None,
               loaded: Any, classes: list[int]) -> str:
-        head = f"<h4>{esc(row['defense'])}</h4>"
+        head = f"<h4>{esc(row['defense'])}{' (' + esc(row['variant']) + ')' if row.get('variant') else ''}</h4>"
         if rec is None:
             return f'<div class="card">{head}<p class="note">No run record.</p></div>'
         m = rec["metrics"]
@@ -386,16 +386,14 @@ class Gallery:
                    "mi-bench saved them)")
             if grid is None:
                 return f'<p class="note">No images: {esc(why)}, and its grid.png is not found.</p>'
-            return (f'<p class="note">Showing the run\'s grid.png: {esc(why)}.</p>'
-                    f'<img class="grid" src="{grid_uri(grid, self.o.grid_width)}" alt="grid of run {esc(rec["run_id"])}">')
+            return f'<p class="note">Showing the run\'s grid.png: {esc(why)}.</p>' + self._grid(grid, rec)
         images, saved = loaded
         splits = self.real.splits(rec)
         if isinstance(splits, str):
             why = f"the dataset could not be loaded ({splits})"
             if grid is not None:
                 return (f'<p class="note">Real images unavailable: {esc(why)}; showing the run\'s grid.png '
-                        f'(real images on the left of each row).</p>'
-                        f'<img class="grid" src="{grid_uri(grid, self.o.grid_width)}" alt="grid of run {esc(rec["run_id"])}">')
+                        "(real images on the left of each row).</p>" + self._grid(grid, rec))
             note = f'<p class="note">Real images unavailable: {esc(why)}; reconstructions only.</p>'
         else:
             note = ""
@@ -418,6 +416,9 @@ class Gallery:
             cells.append(f'<td class="recons">{recon}</td>')
             rows.append("<tr>" + "".join(cells) + "</tr>")
         return note + f'<table class="imgs"><tbody>{"".join(rows)}</tbody></table>'
+
+    def _grid(self, path: Path, rec: dict[str, Any]) -> str:
+        return f'<img class="grid" src="{grid_uri(path, self.o.grid_width)}" alt="grid of run {esc(rec["run_id"])}">'
 
     def _real_image(self, data_key: str, c: int, k: int, img: Any) -> str:
         """A real image, embedded once per report as a CSS class (every card of a dataset shows
