@@ -9,6 +9,7 @@
     mi-bench show-config defense=bido-coco
     mi-bench list
     mi-bench leaderboard --format markdown
+    mi-bench report -o report.html                  # one self-contained HTML page
     mi-bench label RUN_ID --no-browser              # label reconstructions by eye (local page)
 
 Every user mistake exits with status 2 and one ``error:`` line on stderr before work starts
@@ -395,52 +396,164 @@ def list_cmd() -> None:
     out.print(f"defense options (with aliases): {', '.join(group_options('defense'))}")
 
 
-@cli.command()
-@click.option("--db", default="results/mi_bench.sqlite", show_default=True, help="results database")
-@click.option("--records", type=click.Path(exists=True, path_type=Path),
-              help="read run records instead of a database: a .jsonl file (mi-bench db export) or a "
-                   "folder of run folders holding record.json")
-@click.option("--format", "fmt", default="table",
-              type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]))
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
-def leaderboard(db: str, records: Path | None, fmt: str, output: Path | None, plot: Path | None) -> None:
-    """Stored results grouped over seeds (mean with 95% interval), every judge, the human check
-    where runs were labelled, and (markdown) each defense's effect against its published and
-    matched baselines and each attack's margin over the calibration baselines."""
-    from mi_bench.results import (
-        baseline_margins, defense_effects, headers, leaderboard as board, load_records, protocol_note,
-        render, table_rows,
-    )
+def _sources(f):
+    """--db / --records: where the records come from (leaderboard and report)."""
+    f = click.option("--records", type=click.Path(exists=True, path_type=Path), multiple=True,
+                     help="read run records instead of a database: a .jsonl file (mi-bench db export) "
+                          "or a folder of run folders holding record.json; repeat to merge several")(f)
+    return click.option("--db", default="results/mi_bench.sqlite", show_default=True, help="results database")(f)
 
-    if records is None and not Path(db).is_file():
+
+def _filters(f):
+    """--dataset / --attack / --defense / --preset: comma-separated or repeated; any if absent."""
+    for name, what in (("preset", "presets"), ("defense", "defenses, by name (every strength) or full label"),
+                       ("attack", "attacks"), ("dataset", "datasets")):
+        f = click.option(f"--{name}", f"only_{name}", multiple=True, metavar="NAME[,NAME]",
+                         help=f"only these {what}")(f)
+    return f
+
+
+def _load(db: str, records: tuple[Path, ...]) -> list[dict]:
+    """The records of --records (merged, each run once) or of --db."""
+    from mi_bench.results import load_records
+
+    if not records and not Path(db).is_file():
         _fail(f"no results database at {db}: run 'mi-bench run' first or pass --db PATH / --records PATH")
     try:
-        records = load_records(records or db)
-        rows = board(records)
-    except USER_ERRORS as exc:  # an unreadable database, records file or labels.json
+        if not records:
+            return load_records(db)
+        merged = {r["run_id"]: r for path in records for r in load_records(path)}
+        return sorted(merged.values(), key=lambda r: (r["created_at"], r["run_id"]))
+    except USER_ERRORS as exc:  # an unreadable database or records file
+        _fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+def _selection(kw: dict) -> dict[str, list[str]]:
+    return {k.removeprefix("only_"): [v for item in kw[k] for v in item.split(",") if v]
+            for k in ("only_dataset", "only_attack", "only_defense", "only_preset")}
+
+
+@cli.command()
+@_sources
+@click.option("--format", "fmt", default="table",
+              type=click.Choice(["table", "markdown", "csv", "json", "latex", "html"]))
+@click.option("--wide", is_flag=True, help="table: every column and the seed lists, however wide")
+@_filters
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="write to a file")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="also save a tradeoff plot (PNG)")
+def leaderboard(db: str, records: tuple[Path, ...], fmt: str, wide: bool, output: Path | None,
+                plot: Path | None, **filters: tuple[str, ...]) -> None:
+    """Stored results grouped over seeds (mean with 95% interval), every judge, the human check
+    where runs were labelled, and (markdown) each defense's effect against its published and
+    matched baselines and each attack's margin over the calibration baselines.
+
+    \b
+    The table (the default, on a terminal) has one heading per dataset / protocol / attack /
+    preset and starts with defense, target accuracy, attack accuracy and the judges' consensus;
+    other columns follow as the width allows (--wide: all). Numbers are never cut.
+    n/a = absent by design, failed = the computation failed; footnotes give the reason.
+    \b
+    Examples:
+      mi-bench leaderboard --attack gmi --defense none,bido
+      mi-bench leaderboard --records results/bench/attacks.records.jsonl --wide
+      mi-bench leaderboard --format markdown -o board.md --plot tradeoff.png
+    """
+    from mi_bench.results import baseline_margins, defense_effects, leaderboard as board, render, select
+
+    recs = _load(db, records)
+    only = _selection(filters)
+    try:
+        rows = select(board(recs), **only)
+    except USER_ERRORS as exc:  # an unreadable labels.json
         _fail(str(exc))
     if plot:
         from mi_bench.viz import tradeoff_plot
         tradeoff_plot(plot, rows, "accuracy vs leakage")
     if fmt == "table" and output is None:
-        t = Table(title="mi-bench leaderboard", caption=protocol_note(rows))
-        for h in headers(rows):
-            t.add_column(h)
-        for cells in table_rows(rows):
-            t.add_row(*cells)
-        stdout_console().print(t)
+        from rich.console import Console
+
+        from mi_bench.terminal import board as term_board
+
+        out = stdout_console()
+        parts, need = term_board(rows, width=out.width, wide=wide)
+        if need > out.width:  # never cut a number: print wider and let the terminal wrap
+            out = Console(width=need, file=sys.stdout)
+        for part in parts:
+            out.print(part, highlight=False)
         return
     fmt = "markdown" if fmt == "table" else fmt
     md = fmt == "markdown"
-    text = render(rows, fmt, margins=baseline_margins(records) if md else None,
-                  effects=defense_effects(records) if md else None)
+    text = render(rows, fmt, margins=select(baseline_margins(recs), **only) if md else None,
+                  effects=select(defense_effects(recs), **only) if md else None)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
         log.info("wrote %s", output)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@_sources
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="the HTML file to write")
+@_filters
+@click.option("--data-root", default=None,
+              help="dataset root for the real images (default: each run's data_root / $MI_BENCH_DATA)")
+@click.option("--runs", type=click.Path(file_okay=False, path_type=Path),
+              help="folder of run folders, searched by run id when a record's run_dir is not found")
+@click.option("--gallery-classes", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="attacked classes per gallery")
+@click.option("--gallery-samples", default=5, show_default=True, type=click.IntRange(1, 100),
+              help="reconstructions per class")
+@click.option("--gallery-real", default=3, show_default=True, type=click.IntRange(0, 20),
+              help="real private images per class")
+@click.option("--thumb", default=64, show_default=True, type=click.IntRange(8, 512),
+              help="longest side of an embedded image in pixels")
+@click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
+              help="also save a PNG screenshot of the page (headless Chromium and selenium)")
+def report(db: str, records: tuple[Path, ...], output: Path, data_root: str | None, runs: Path | None,
+           gallery_classes: int, gallery_samples: int, gallery_real: int, thumb: int,
+           screenshot: Path | None, **filters: tuple[str, ...]) -> None:
+    """Write one self-contained HTML report: per dataset / protocol / attack / preset, the
+    leaderboard (sortable), the accuracy-versus-attack-accuracy plot with intervals and the
+    Pareto front, a gallery per defense (the same attacked classes' reconstructions beside real
+    private images, framed by the judges' verdicts) and each run's full protocol.
+
+    \b
+    Images are embedded; the file loads nothing from anywhere. Real images are read from the
+    dataset (never downloaded); when it cannot be loaded the run's grid.png is shown instead.
+    \b
+    Examples:
+      mi-bench report -o report.html
+      mi-bench report --records results/bench/attacks.records.jsonl --attack gmi -o gmi.html
+    """
+    from mi_bench.fsutil import atomic_write
+    from mi_bench.report import ReportOptions, build_report, screenshot_page
+    from mi_bench.results import baseline_margins, defense_effects, leaderboard as board, select
+
+    recs = _load(db, records)
+    only = _selection(filters)
+    try:
+        rows = select(board(recs), **only)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    opts = ReportOptions(classes=gallery_classes, samples=gallery_samples, real=gallery_real, thumb=thumb,
+                         data_root=data_root, runs=runs)
+    shown = "; ".join(f"{k} {', '.join(v)}" for k, v in only.items() if v)
+    page = build_report(recs, rows, effects=select(defense_effects(recs), **only),
+                        margins=select(baseline_margins(recs), **only),
+                        sources=[str(p) for p in records] or [db],
+                        filters=f"only {shown}" if shown else "", options=opts)
+    atomic_write(output, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    log.info("wrote %s (%.0f kB, %d entries)", output, output.stat().st_size / 1e3, len(rows))
+    if screenshot:
+        try:
+            screenshot_page(output, screenshot)
+        except RuntimeError as exc:
+            _fail(str(exc))
+        log.info("wrote %s", screenshot)
 
 
 @cli.group()

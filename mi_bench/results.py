@@ -20,6 +20,12 @@ Data functions (plain dicts/lists, no formatting; renderers build on them):
   (accuracies; ``<metric>_ci``). Also each judge's accuracy (``attack_acc_<judge>``), the
   consensus, diversity, and - where people labelled the runs (``mi-bench label``) -
   human-judged accuracy and each judge's false-positive rate against it (:func:`human_check`).
+  Each entry also names its runs (``run_ids``, by seed; ``group_hash``), the reasons of metrics
+  that failed (``failed_reasons``) or are absent by design (``absent_reasons``;
+  :func:`missing_metrics`), and ``variant``: how it differs from entries with the same defense
+  label (``attack.restarts=3``), else empty.
+* :func:`select` - entries (of any of these functions) of given datasets, attacks, defenses,
+  presets; :func:`sections` groups entries under dataset / protocol / attack / preset headings.
 * :func:`baseline_margins` - per real attack, its margin over the ``random`` and ``pixel``
   calibration baselines under each judge, on the same targets (seeds matched), flagged when it
   does not beat ``pixel`` under the robust judge.
@@ -30,6 +36,9 @@ Data functions (plain dicts/lists, no formatting; renderers build on them):
   ``defense=none recipe=bido``): the change in attack accuracy against each, with a Welch 95%
   interval over target seeds, marking a defense whose effect disappears against the matched
   baseline. :func:`render_effects` prints it as a markdown table.
+
+Renderers: :func:`render` (json, csv, markdown, latex, a plain html table), the terminal
+leaderboard (``mi_bench.terminal``) and the self-contained HTML report (``mi_bench.report``).
 """
 
 from __future__ import annotations
@@ -371,6 +380,7 @@ def leaderboard(records: list[dict[str, Any]], *, labels: bool = True) -> list[d
     for r in records:
         groups.setdefault(r["group_hash"], []).append(r)
     rows = []
+    configs = []
     for runs in groups.values():
         # one value per seed: a repeated run of the same seed replaces the earlier one
         recs = list({r["config"]["seed"]: r for r in sorted(runs, key=lambda r: r["created_at"])}.values())
@@ -389,15 +399,93 @@ def leaderboard(records: list[dict[str, Any]], *, labels: bool = True) -> list[d
         for m in metrics:
             row[m], row[m + "_se"] = _mean_se([r["metrics"].get(m) for r in recs])
             row[m + "_ci"] = _interval(recs, m)
-        row["failed_metrics"] = sorted({k for r in recs for k in r["metrics"].get("metric_errors", {})})
-        row["absent_metrics"] = sorted({k for r in recs for k in r["metrics"].get("metric_absent", {})})
+        row["failed_reasons"], row["absent_reasons"] = {}, {}
+        for r in recs:
+            failed, absent = missing_metrics(r["metrics"])
+            for k, why in failed.items():
+                row["failed_reasons"].setdefault(k, why)
+            for k, why in absent.items():
+                row["absent_reasons"].setdefault(k, why)
+        row["failed_metrics"] = sorted(row["failed_reasons"])
+        row["absent_metrics"] = sorted(row["absent_reasons"])
+        row["group_hash"] = first["group_hash"]
+        row["run_ids"] = [r["run_id"] for r in sorted(recs, key=lambda r: r["config"]["seed"])]
         eps = first.get("defense_report", {}).get("epsilon")
         row["dp_epsilon"] = None if eps is None else eps
         row["human"] = human_check(runs) if labels else None
         rows.append(row)
+        configs.append(cfg)
     _flag_sample_counts(rows)
+    _mark_variants(rows, configs)
     rows.sort(key=lambda r: (r["dataset"], r["protocol"], r["attack"], r["defense"], r["preset"]))
     return rows
+
+
+# mi-bench < 0.2 recorded the Inception weights missing offline as a failure; they are absent by design
+_LEGACY_ABSENT = "FileNotFoundError: Inception-v3 FID weights not on disk"
+
+
+def missing_metrics(metrics: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """A run's metrics that are None: (failed, absent by design), each ``{metric: reason}``.
+    Records from before ``metric_absent`` existed stored missing Inception weights as an error;
+    those count as absent (the reason says so)."""
+    failed = dict(metrics.get("metric_errors") or {})
+    absent = dict(metrics.get("metric_absent") or {})
+    for k, why in list(failed.items()):
+        if str(why).startswith(_LEGACY_ABSENT):
+            absent.setdefault(k, f"{why} (recorded as an error by an older mi-bench)")
+            del failed[k]
+    return failed, absent
+
+
+def select(items: list[dict[str, Any]], *, dataset: Iterable[str] = (), attack: Iterable[str] = (),
+           defense: Iterable[str] = (), preset: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Leaderboard rows (or :func:`defense_effects` / :func:`baseline_margins` entries) whose
+    dataset, attack and preset are among the given ones, and whose defense is one of ``defense``
+    by label (``bido[lambda_x=0.1]``) or by name (``bido``: every strength). Empty = any."""
+    want = {"dataset": set(dataset), "attack": set(attack), "preset": set(preset)}
+    defenses = set(defense)
+    out = []
+    for it in items:
+        if any(v and it.get(k) not in v for k, v in want.items()):
+            continue
+        if defenses and not {it.get("defense"), str(it.get("defense")).split("[")[0]} & defenses:
+            continue
+        out.append(it)
+    return out
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = json.dumps(v, default=str)
+    return out
+
+
+def _mark_variants(rows: list[dict[str, Any]], configs: list[dict[str, Any]], most: int = 4) -> None:
+    """Entries of one dataset/protocol/attack/preset with the same defense label but different
+    configs (e.g. ``attack.restarts``) get ``variant``: the differing keys and their values
+    (``attack.restarts=3``; ``unset`` = the key is not in that record's config), so tables can
+    tell them apart; keys that do not change results (``NON_SEMANTIC``) only when nothing else
+    differs (records hashed by an older mi-bench). Others get ``""``."""
+    from mi_bench.config import NON_SEMANTIC
+
+    same: dict[tuple, list[int]] = {}
+    for i, r in enumerate(rows):
+        r["variant"] = ""
+        same.setdefault((r["dataset"], r["protocol"], r["attack"], r["preset"], r["defense"]), []).append(i)
+    for idx in same.values():
+        if len(idx) < 2:
+            continue
+        flats = [{k: v for k, v in _flat(configs[i]).items() if k != "seed"} for i in idx]
+        keys = sorted(k for k in set().union(*flats) if len({f.get(k) for f in flats}) > 1)
+        keys = [k for k in keys if k.split(".")[0] not in NON_SEMANTIC] or keys
+        for i, f in zip(idx, flats):
+            parts = [f"{k}={json.loads(f[k]) if k in f else 'unset'}" for k in keys[:most]]
+            rows[i]["variant"] = ", ".join(parts) + (f", +{len(keys) - most} more" if len(keys) > most else "")
 
 
 def _flag_sample_counts(rows: list[dict[str, Any]]) -> None:
@@ -590,6 +678,20 @@ def columns(rows: list[dict[str, Any]]) -> list[tuple[str, bool | None, str]]:
     return cols
 
 
+def sections(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[dict[str, Any]]]:
+    """Rows grouped by (dataset, protocol, attack, preset), in leaderboard order: the headings
+    of the terminal leaderboard and of the HTML report."""
+    out: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["protocol"], r["attack"], r["preset"]), []).append(r)
+    return out
+
+
+def section_title(key: tuple[str, str, str, str]) -> str:
+    dataset, protocol, attack, preset = key
+    return f"{attack} on {dataset} ({protocol}, preset {preset})"
+
+
 def headers(rows: list[dict[str, Any]]) -> list[str]:
     return [h for _, _, h in columns(rows)]
 
@@ -642,6 +744,8 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                 v = r.get(key)
                 if key == "seeds":
                     cells.append(",".join(map(str, v)))
+                elif key == "defense" and r.get("variant"):
+                    cells.append(f"{v} ({r['variant']})")
                 elif key == "dp_epsilon":
                     cells.append("-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v)))
                 else:
@@ -783,12 +887,12 @@ def _delta(c: dict[str, Any] | None) -> str:
     return s
 
 
-def render_effects(effects: list[dict[str, Any]]) -> str:
-    """The output of :func:`defense_effects` as a markdown table with its note."""
+def effects_rows(effects: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the defense-effect table (the verdict ``vanishes vs matched`` in bold)."""
     headers = ["dataset", "protocol", "attack", "preset", "defense", "seeds", "attack acc %",
                "published baseline", "Δ vs published (pp)", "matched baseline",
                "Δ vs matched (pp)", "verdict"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    body = []
     for r in effects:
         def base(kind: str) -> str:
             b = r.get(kind)
@@ -797,12 +901,16 @@ def render_effects(effects: list[dict[str, Any]]) -> str:
             same = " (= published)" if kind == "matched" and r["matched_is_published"] else ""
             return f"{b['defense']}{same}: {_pct(b['value'])} (seeds {','.join(map(str, b['seeds']))})"
         verdict = r["verdict"]
-        cells = [r["dataset"], r["protocol"], r["attack"], r["preset"], r["defense"],
-                 ",".join(map(str, r["seeds"])), _pct(r["value"]), base("published"),
-                 _delta(r.get("published")), base("matched"), _delta(r.get("matched")),
-                 f"**{verdict}**" if verdict == "vanishes vs matched" else verdict]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n{EFFECTS_NOTE}\n"
+        body.append([r["dataset"], r["protocol"], r["attack"], r["preset"], r["defense"],
+                     ",".join(map(str, r["seeds"])), _pct(r["value"]), base("published"),
+                     _delta(r.get("published")), base("matched"), _delta(r.get("matched")),
+                     f"**{verdict}**" if verdict == "vanishes vs matched" else verdict])
+    return headers, body
+
+
+def render_effects(effects: list[dict[str, Any]]) -> str:
+    """The output of :func:`defense_effects` as a markdown table with its note."""
+    return "\n".join(_md_table(*effects_rows(effects))) + f"\n\n{EFFECTS_NOTE}\n"
 
 
 def margin_rows(margins: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

@@ -59,15 +59,89 @@ def save_grid(
     return path
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (attack accuracy, target accuracy) points no other point beats: lower
+    or equal attack accuracy and higher or equal target accuracy, one of them strictly. Sorted
+    by attack accuracy."""
+    front = [i for i, (a, t) in enumerate(points)
+             if not any(a2 <= a and t2 >= t and (a2, t2) != (a, t) for a2, t2 in points)]
+    return sorted(front, key=lambda i: points[i])
+
+
+def _err(v: float, ci: list[float] | None) -> list[list[float]]:
+    """Asymmetric error bar (in %) from a 95% interval; none without one."""
+    if not ci or ci[0] is None:
+        return [[0.0], [0.0]]
+    return [[100 * max(0.0, v - ci[0])], [100 * max(0.0, ci[1] - v)]]
+
+
+def defense_colours(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    names = sorted({r["defense"].split("[")[0] for r in rows})
+    return {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+
+
+def tradeoff_panel(ax: Any, rows: list[dict[str, Any]], colours: dict[str, Any], title: str) -> None:
+    """Target accuracy (utility) against attack accuracy (leakage) of ``rows`` (leaderboard
+    entries of one dataset/protocol/attack): 95% intervals as error bars on both axes, one colour
+    per defense, strengths as labels, the Pareto front (no entry is both more private and more
+    accurate) as a dashed line through ringed points."""
+    rows = [r for r in rows if r.get("target_acc") is not None and r.get("attack_acc") is not None]
+    for r in rows:
+        base, _, params = r["defense"].partition("[")
+        x, y = 100 * r["attack_acc"], 100 * r["target_acc"]
+        ax.errorbar(x, y, xerr=_err(r["attack_acc"], r.get("attack_acc_ci")),
+                    yerr=_err(r["target_acc"], r.get("target_acc_ci")), fmt="o", ms=5, capsize=2,
+                    elinewidth=0.8, color=colours[base])
+        if params:
+            short = ",".join(p.split("=")[-1] for p in params.rstrip("]").split(","))
+            ax.annotate(short, (x, y), fontsize=5, xytext=(2, 2), textcoords="offset points",
+                        color=colours[base])
+    front = pareto_front([(r["attack_acc"], r["target_acc"]) for r in rows])
+    if front:
+        xs = [100 * rows[i]["attack_acc"] for i in front]
+        ys = [100 * rows[i]["target_acc"] for i in front]
+        ax.plot(xs, ys, ls="--", lw=0.9, color="0.35", zorder=0, drawstyle="steps-post")
+        ax.scatter(xs, ys, s=110, facecolors="none", edgecolors="0.2", linewidths=0.9, zorder=3)
+    ax.set_xlim(-3, 103)  # the whole range, so panels compare at a glance
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("attack accuracy % (lower = more private)", fontsize=7)
+    ax.set_ylabel("target test accuracy %", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.grid(alpha=0.3)
+
+
+def _legend(fig: Any, colours: dict[str, Any], y: float) -> None:
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=n) for n, c in colours.items()]
+    handles.append(plt.Line2D([], [], marker="o", ms=9, mfc="none", mec="0.2", ls="--", color="0.35",
+                              label="Pareto front"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, y), ncol=min(6, len(handles)),
+               fontsize=7, frameon=False)
+
+
+def tradeoff_png(rows: list[dict[str, Any]], title: str, dpi: int = 90) -> bytes:
+    """One panel (:func:`tradeoff_panel`) with its legend, as PNG bytes (the HTML report)."""
+    import io
+
+    colours = defense_colours(rows)
+    n_leg = (len(colours) + 1 + 5) // 6
+    fig, ax = plt.subplots(figsize=(5.2, 3.9 + 0.2 * n_leg))
+    tradeoff_panel(ax, rows, colours, title)
+    _legend(fig, colours, 0.995)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.06 * n_leg) / (1 + 0.05 * n_leg)))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def tradeoff_plot(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
     """Target accuracy (utility) against attack accuracy (leakage): one panel per
-    (dataset, protocol, attack), one colour per defense, each point labelled with its strength."""
+    (dataset, protocol, attack) (:func:`tradeoff_panel`), one colour per defense."""
     rows = [r for r in rows if r.get("target_acc") is not None and r.get("attack_acc") is not None]
     panels: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         panels.setdefault((r["dataset"], r["protocol"], r["attack"]), []).append(r)
-    names = sorted({r["defense"].split("[")[0] for r in rows})
-    colours = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(names)}
+    colours = defense_colours(rows)
     n = max(1, len(panels))
     cols = min(3, n)
     nrows = (n + cols - 1) // cols
@@ -75,25 +149,9 @@ def tradeoff_plot(path: Path, rows: list[dict[str, Any]], title: str) -> Path:
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, ((ds, proto, atk), prs) in zip(axes.flat, sorted(panels.items())):
-        for r in prs:
-            base, _, params = r["defense"].partition("[")
-            ax.errorbar(100 * r["attack_acc"], 100 * r["target_acc"],
-                        xerr=100 * (r.get("attack_acc_se") or 0), yerr=100 * (r.get("target_acc_se") or 0),
-                        fmt="o", ms=5, capsize=2, color=colours[base])
-            if params:
-                short = ",".join(p.split("=")[-1] for p in params.rstrip("]").split(","))
-                ax.annotate(short, (100 * r["attack_acc"], 100 * r["target_acc"]), fontsize=5,
-                            xytext=(2, 2), textcoords="offset points", color=colours[base])
-        ax.set_xlim(-3, 103)  # the whole range, so panels compare at a glance
-        ax.set_title(f"{atk} on {ds} ({proto})", fontsize=8)
-        ax.set_xlabel("attack accuracy % (lower = more private)", fontsize=7)
-        ax.set_ylabel("target test accuracy %", fontsize=7)
-        ax.tick_params(labelsize=6)
-        ax.grid(alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[nm], label=nm) for nm in names]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=min(8, len(names)),
-               fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=9, y=0.995)
+        tradeoff_panel(ax, prs, colours, f"{atk} on {ds} ({proto})")
+    _legend(fig, colours, 0.965)
+    fig.suptitle(title + " (error bars: 95% intervals)", fontsize=9, y=0.995)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

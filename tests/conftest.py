@@ -72,30 +72,18 @@ def smoke_run(tmp_path_factory):
     return run(cfg)
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-
-
 @pytest.fixture(scope="session")
 def browser(tmp_path_factory):
     """A headless Chromium driven by Selenium (Debian's chromium and chromium-driver), with a
-    fresh profile and no network side channels. Skipped, with the reason, when the binaries or
-    selenium are missing. Reusable by any test that needs to drive a real page."""
-    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian: apt-get install chromium chromium-driver)")
+    fresh profile and no network side channels (``mi_bench.report.headless_chromium``); its
+    console messages are kept (``browser.get_log("browser")``). Skipped, with the reason, when
+    the binaries or selenium are missing. Reusable by any test that needs to drive a real page."""
+    from mi_bench.report import headless_chromium
+
     try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
-    opts = Options()
-    opts.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+        driver = headless_chromium(tmp_path_factory.mktemp("chromium-profile"))
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
     driver.set_page_load_timeout(30)
     try:
         yield driver

@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
-# Render every benchmark's exported records (results/bench/<name>.records.jsonl) to a Markdown
-# and a CSV leaderboard and a tradeoff plot beside them. Usage: bash results/bench/report.sh [name ...]
+# Render the benchmarks' exported records (results/bench/<name>.records.jsonl):
+#  - per benchmark, a Markdown and a CSV leaderboard and a tradeoff plot beside the records;
+#  - for all of them together, the self-contained HTML report results/report.html (sortable
+#    leaderboards, tradeoff plots with the Pareto front, galleries, protocols) and a screenshot
+#    of its top, results/report.png (when Chromium and selenium are installed).
+# Usage: bash results/bench/report.sh [name ...]     (names: only those benchmarks' md/csv/png)
+# Galleries need each run's folder (results/local/runs/<run_id>, from re-running the benchmarks)
+# and, for real images of MNIST, the dataset ($MI_BENCH_DATA, e.g. ../shared/data); records
+# whose images were not kept show their grid.png if it is in the repository, or say so.
+# About 10-30 s on the 2-core machine (loading the datasets dominates).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 names=("$@")
@@ -12,3 +20,14 @@ for name in "${names[@]}"; do
   mi-bench leaderboard --records "$rec" --format markdown -o "results/bench/$name.md" --plot "results/bench/${name}_tradeoff.png"
   mi-bench leaderboard --records "$rec" --format csv -o "results/bench/$name.csv"
 done
+# the HTML report always covers every benchmark's records
+sources=()
+for rec in results/bench/*.records.jsonl; do sources+=(--records "$rec"); done
+shot=()
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && python -c "import selenium" 2>/dev/null; then
+  shot=(--screenshot results/report.png)
+else
+  echo "report.sh: no Chromium/chromedriver/selenium: results/report.png not updated" >&2
+fi
+# 3 reconstructions per class keeps the page under ~3 MB for the ~90 entries of the benchmarks
+mi-bench report "${sources[@]}" --runs results/local/runs --gallery-samples 3 -o results/report.html "${shot[@]}"
