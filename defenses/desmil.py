@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.hsic import dependence, gaussian_kernel
+from mi_bench.hsic import dependence, gaussian_kernel, kernel_from_sq, sq_distances
 from mi_bench.interfaces import Defense, LossOutput, TrainBatch
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import DEFENSES
@@ -123,11 +123,12 @@ def chunk_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma > 0:
         return gaussian_kernel(z, sigma)
     z = z.reshape(z.shape[0], -1)
-    with torch.no_grad():
-        sq = torch.cdist(z, z).pow(2)
-        off = sq[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
-        med = float(off.median()) if off.numel() else 0.0
-    return gaussian_kernel(z, math.sqrt(med / z.shape[1]) if med > 0 else 1.0)
+    sq = sq_distances(z)
+    off = sq.detach()[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
+    if not off.numel():
+        return kernel_from_sq(sq, 2.0 * z.shape[1])  # sigma = 1
+    med = off.median()  # stays on the device (no host read per step)
+    return kernel_from_sq(sq, 2.0 * torch.where(med > 0, med, torch.full_like(med, z.shape[1])))
 
 
 def pair_mask(d: int, interests: int, device=None) -> torch.Tensor:
