@@ -37,10 +37,12 @@ from mi_bench.params import PluginConfig
 
 @dataclass
 class LossOutput:
-    """``total`` is back-propagated; ``terms`` are logged floats (e.g. ``{"ce": .., "hsic_x": ..}``)."""
+    """``total`` is back-propagated; ``terms`` are logged scalars (e.g. ``{"ce": .., "hsic_x": ..}``):
+    detached 0-d tensors (preferred: the trainer sums them on the device and reads them every N
+    steps, so a GPU never waits for the host) or floats."""
 
     total: torch.Tensor
-    terms: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,7 +98,7 @@ class Defense:
 
     def compute_loss(self, batch: TrainBatch) -> LossOutput:
         ce = nn.functional.cross_entropy(batch.logits, batch.y)
-        return LossOutput(ce, {"ce": float(ce.detach())})
+        return LossOutput(ce, {"ce": ce.detach()})
 
     def optimizer_step(
         self, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -8,14 +8,27 @@ Threads: on small CPUs torch's default (one intra-op thread per core) is often m
 than one thread for the small convolutions used here, especially when anything else runs on
 the machine. mi-bench therefore sets the intra-op thread count explicitly from the config key
 ``threads`` (default 1; measured in results/threads.md) and always one inter-op thread.
+
+Accelerators (README "GPU"): :func:`configure_device` turns on cuDNN autotuning and TF32 for
+matmuls and convolutions on CUDA (config key ``tf32``) and returns those settings for the
+record. :class:`Accel` carries the per-run performance options of the training loops: ``amp``
+(``bf16`` autocast, off by default), ``compile`` (``torch.compile`` mode; ``reduce-overhead`` =
+CUDA graphs) and how often losses are read back to the host. On an accelerator, losses are
+accumulated on the device and read every :data:`SYNC_EVERY` steps (progress bars, the NaN check)
+and at the end of an epoch or loop, so the host never waits for the GPU on every step; on the
+CPU a read costs nothing and happens every step, as before. Data: :func:`to_device` moves a
+dataset to the device once when it fits, :func:`upload` sends a whole epoch's index batches
+in one copy, so batches are gathered on the device.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from rich.console import Console
@@ -56,6 +69,153 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+SYNC_EVERY = 50  # host reads of losses on accelerators: every this many steps (CPU: every step)
+AMP_CHOICES = ("off", "bf16")
+COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune")
+_log = logging.getLogger(__name__)
+
+
+def configure_device(device: torch.device, tf32: bool = True) -> dict[str, Any]:
+    """Process-wide backend settings for ``device``; returns what was set (for the record).
+
+    CUDA: ``cudnn.benchmark`` (autotuned convolution algorithms; the shapes here are fixed per
+    loop) and TF32 for float32 matmuls (``set_float32_matmul_precision("high")``) and cuDNN
+    convolutions when ``tf32``; both TF32 flags off otherwise. CPU: nothing to set."""
+    if device.type != "cuda":
+        return {}
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    return {"cudnn_benchmark": True, "tf32_matmul": tf32, "tf32_conv": tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
+@dataclass(frozen=True)
+class Accel:
+    """Performance options of the training loops (trainer, GAN priors, inversions).
+
+    ``amp``: ``bf16`` runs forward passes and losses under ``torch.autocast(bfloat16)``
+    (classifier and GAN *training* only; inversion and scoring stay float32; the HSIC terms
+    always run in float32, :mod:`mi_bench.hsic`). ``compile``: ``torch.compile`` mode for the
+    trained networks (``off``, ``default``, ``reduce-overhead`` = CUDA graphs,
+    ``max-autotune``). ``sync_every``: host reads of losses every N steps on accelerators
+    (0 = :data:`SYNC_EVERY`); on the CPU always every step."""
+
+    amp: str = "off"
+    compile: str = "off"
+    sync_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp={self.amp!r}: use one of {', '.join(AMP_CHOICES)}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile={self.compile!r}: use one of {', '.join(COMPILE_CHOICES)}")
+        if self.sync_every < 0:
+            raise ValueError(f"sync_every={self.sync_every}: use 0 (default) or a positive step count")
+
+    def every(self, device: torch.device | str) -> int:
+        """Steps between host reads on ``device``."""
+        if torch.device(device).type == "cpu":
+            return 1
+        return self.sync_every or SYNC_EVERY
+
+    def autocast(self, device: torch.device | str) -> ContextManager[Any]:
+        """``torch.autocast(bfloat16)`` under ``amp=bf16``, else a no-op context."""
+        if self.amp == "bf16":
+            return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def compiled(self, module: torch.nn.Module) -> Callable[..., Any]:
+        """``torch.compile(module, mode=...)`` (same parameters), or ``module`` when off."""
+        if self.compile == "off":
+            return module
+        return torch.compile(module, mode=self.compile)
+
+    def record(self) -> dict[str, Any]:
+        return {"amp": self.amp, "compile": self.compile, "sync_every": self.sync_every or SYNC_EVERY}
+
+
+NO_ACCEL = Accel()
+
+
+def host_float(t: torch.Tensor | float) -> float:
+    """The one place a training loop reads a scalar back to the host (tests count calls)."""
+    return float(t)
+
+
+class FiniteCheck:
+    """NaN/inf guard without a host read per step: ``add(loss, step)`` sums detached losses on
+    their device and reads the sum every ``every`` adds (and at :meth:`flush`); a non-finite
+    sum raises ``FloatingPointError(message(value, where))``, ``where`` = ``"step 17"`` (one
+    step summed, always so on the CPU) or ``"steps 10-17"``."""
+
+    def __init__(self, every: int, message: Callable[[float, str], str]) -> None:
+        self.every = max(1, every)
+        self.message = message
+        self._sum: torch.Tensor | None = None
+        self._first = self._last = 0
+        self._n = 0
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        v = loss.detach()
+        if self._sum is None:
+            self._sum, self._first = v, step
+        else:
+            self._sum = self._sum + v
+        self._last = step
+        self._n += 1
+        if self._n >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._sum is None:
+            return
+        value = host_float(self._sum)
+        where = f"step {self._last}" if self._first == self._last else f"steps {self._first}-{self._last}"
+        self._sum, self._n = None, 0
+        if not math.isfinite(value):
+            raise FloatingPointError(self.message(value, where))
+
+
+def to_device(x: torch.Tensor, device: torch.device, max_fraction: float = 0.25) -> torch.Tensor:
+    """``x`` on ``device`` when it fits (at most ``max_fraction`` of the free accelerator
+    memory), else ``x`` itself (batches are then copied per step). CPU: ``x`` unchanged."""
+    if device.type == "cpu" or x.device == device:
+        return x
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if x.numel() * x.element_size() > max_fraction * free:
+            _log.info("%.0f MB of data kept on the host (more than %.0f%% of the free GPU memory)",
+                      x.numel() * x.element_size() / 2**20, 100 * max_fraction)
+            return x
+    return x.to(device)
+
+
+def upload(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """A list of (index or mask) tensors moved to ``device`` in one copy (pinned, asynchronous
+    on CUDA), split back into the same batches. CPU: the list unchanged."""
+    if device.type == "cpu" or not batches:
+        return batches
+    flat = torch.cat(batches)
+    if device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    else:
+        flat = flat.to(device)
+    return list(flat.split([len(b) for b in batches]))
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x[idx]`` on ``device``: indexed there when ``x`` already is, else indexed on the host
+    and copied (pinned, asynchronous on CUDA)."""
+    if x.device == device:
+        return x[idx.to(device)] if idx.device != device else x[idx]
+    out = x[idx.cpu()]
+    if device.type == "cuda":
+        return out.pin_memory().to(device, non_blocking=True)
+    return out.to(device)
+
+
 def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if any(getattr(h, "_mi_bench", False) for h in root.handlers):
@@ -94,8 +254,10 @@ class Bars:
             self._progress = None
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator["_Task"]:
-        t = _Task(self._progress, description, total)
+    def task(self, description: str, total: int, info_every: int = 1) -> Iterator["_Task"]:
+        """``info_every``: the info fields (tensors are allowed) are read and shown every this
+        many advances and at the end; disabled bars never read them."""
+        t = _Task(self._progress, description, total, info_every)
         try:
             yield t
         finally:
@@ -103,22 +265,39 @@ class Bars:
 
 
 class _Task:
-    def __init__(self, progress: Progress | None, description: str, total: int) -> None:
+    def __init__(self, progress: Progress | None, description: str, total: int,
+                 info_every: int = 1) -> None:
         self._p = progress
         self._id = progress.add_task(description, total=total, info="") if progress else None
+        self._every = max(1, info_every)
+        self._calls = 0
+        self._steps = 0
+        self._info: dict[str, Any] = {}
 
     def advance(self, n: int = 1, **info: Any) -> None:
         if self._p is None:
             return
-        text = " ".join(f"{k}={_fmt(v)}" for k, v in info.items())
-        self._p.update(self._id, advance=n, info=text)
+        self._calls += 1
+        self._steps += n
+        if info:
+            self._info = info
+        if self._calls % self._every == 0:
+            self._show()
+
+    def _show(self) -> None:
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in self._info.items())
+        self._p.update(self._id, advance=self._steps, info=text)  # type: ignore[union-attr]
+        self._steps = 0
 
     def close(self) -> None:
         if self._p is not None:
+            self._show()
             self._p.refresh()
 
 
 def _fmt(v: Any) -> str:
+    if isinstance(v, torch.Tensor):
+        v = host_float(v)
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
