@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from mi_bench.params import PluginConfig
+from mi_bench.runtime import NO_ACCEL, Accel
 
 
 @dataclass
@@ -157,6 +158,8 @@ class Attack:
     requirements: ClassVar[AttackRequirements] = AttackRequirements()
     prior_version: ClassVar[str] = "1"  # bump when the prior's training code changes
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # performance options (amp, compile, host reads every N steps); the pipeline sets the run's
+    accel: Accel = NO_ACCEL
 
     def __init__(
         self, cfg: PluginConfig, *, image_shape: tuple[int, int, int], num_classes: int,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator
@@ -61,12 +62,22 @@ def set_threads(n: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available, else the CPU), with the
+    CUDA index filled in (:func:`canonical`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return canonical("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda requested but no CUDA device is available: use device=cpu")
-    return dev
+    return canonical(dev)
+
+
+def canonical(device: torch.device | str) -> torch.device:
+    """``cuda`` -> ``cuda:<current>``, so it compares equal to a tensor's ``.device``."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 SYNC_EVERY = 50  # host reads of losses on accelerators: every this many steps (CPU: every step)
@@ -99,8 +110,8 @@ class Accel:
     (classifier and GAN *training* only; inversion and scoring stay float32; the HSIC terms
     always run in float32, :mod:`mi_bench.hsic`). ``compile``: ``torch.compile`` mode for the
     trained networks (``off``, ``default``, ``reduce-overhead`` = CUDA graphs,
-    ``max-autotune``). ``sync_every``: host reads of losses every N steps on accelerators
-    (0 = :data:`SYNC_EVERY`); on the CPU always every step."""
+    ``max-autotune``). ``sync_every``: host reads of losses every N steps; 0 (default) = every
+    :data:`SYNC_EVERY` steps on accelerators and every step on the CPU, where a read is free."""
 
     amp: str = "off"
     compile: str = "off"
@@ -116,9 +127,9 @@ class Accel:
 
     def every(self, device: torch.device | str) -> int:
         """Steps between host reads on ``device``."""
-        if torch.device(device).type == "cpu":
-            return 1
-        return self.sync_every or SYNC_EVERY
+        if self.sync_every:
+            return self.sync_every
+        return 1 if torch.device(device).type == "cpu" else SYNC_EVERY
 
     def autocast(self, device: torch.device | str) -> ContextManager[Any]:
         """``torch.autocast(bfloat16)`` under ``amp=bf16``, else a no-op context."""
@@ -132,27 +143,51 @@ class Accel:
             return module
         return torch.compile(module, mode=self.compile)
 
-    def record(self) -> dict[str, Any]:
-        return {"amp": self.amp, "compile": self.compile, "sync_every": self.sync_every or SYNC_EVERY}
+    def record(self, device: torch.device | str) -> dict[str, Any]:
+        """The options as stored in a record's ``machine`` section."""
+        return {"amp": self.amp, "compile": self.compile, "host_read_every": self.every(device)}
 
 
 NO_ACCEL = Accel()
 
 
+def to_host(t: torch.Tensor) -> Any:
+    """``t.tolist()``: the one place the training loops read values back to the host (one wait
+    for the device per call; tests count the calls)."""
+    return t.tolist()
+
+
 def host_float(t: torch.Tensor | float) -> float:
-    """The one place a training loop reads a scalar back to the host (tests count calls)."""
-    return float(t)
+    """A scalar tensor (or float) as a float."""
+    return float(to_host(t.detach())) if isinstance(t, torch.Tensor) else float(t)
+
+
+def host_floats(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with its scalar tensors read in one transfer (stacked as float64: exact for
+    float32 and float64 values); other values pass through."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    out = dict(values)
+    if not keys:
+        return out
+    devices = {values[k].device for k in keys}
+    if len(devices) > 1:  # not expected: read them one by one
+        out.update({k: host_float(values[k]) for k in keys})
+        return out
+    stacked = torch.stack([values[k].detach().reshape(()).to(torch.float64) for k in keys])
+    out.update(zip(keys, to_host(stacked)))
+    return out
 
 
 class FiniteCheck:
     """NaN/inf guard without a host read per step: ``add(loss, step)`` sums detached losses on
     their device and reads the sum every ``every`` adds (and at :meth:`flush`); a non-finite
     sum raises ``FloatingPointError(message(value, where))``, ``where`` = ``"step 17"`` (one
-    step summed, always so on the CPU) or ``"steps 10-17"``."""
+    step summed, always so on the CPU) or ``"steps 10-17"`` (``unit`` names the step)."""
 
-    def __init__(self, every: int, message: Callable[[float, str], str]) -> None:
+    def __init__(self, every: int, message: Callable[[float, str], str], unit: str = "step") -> None:
         self.every = max(1, every)
         self.message = message
+        self.unit = unit
         self._sum: torch.Tensor | None = None
         self._first = self._last = 0
         self._n = 0
@@ -172,7 +207,8 @@ class FiniteCheck:
         if self._sum is None:
             return
         value = host_float(self._sum)
-        where = f"step {self._last}" if self._first == self._last else f"steps {self._first}-{self._last}"
+        u = self.unit
+        where = f"{u} {self._last}" if self._first == self._last else f"{u}s {self._first}-{self._last}"
         self._sum, self._n = None, 0
         if not math.isfinite(value):
             raise FloatingPointError(self.message(value, where))
@@ -181,6 +217,7 @@ class FiniteCheck:
 def to_device(x: torch.Tensor, device: torch.device, max_fraction: float = 0.25) -> torch.Tensor:
     """``x`` on ``device`` when it fits (at most ``max_fraction`` of the free accelerator
     memory), else ``x`` itself (batches are then copied per step). CPU: ``x`` unchanged."""
+    device = canonical(device)
     if device.type == "cpu" or x.device == device:
         return x
     if device.type == "cuda":
@@ -195,6 +232,7 @@ def to_device(x: torch.Tensor, device: torch.device, max_fraction: float = 0.25)
 def upload(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """A list of (index or mask) tensors moved to ``device`` in one copy (pinned, asynchronous
     on CUDA), split back into the same batches. CPU: the list unchanged."""
+    device = canonical(device)
     if device.type == "cpu" or not batches:
         return batches
     flat = torch.cat(batches)
@@ -208,6 +246,7 @@ def upload(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tens
 def gather(x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``x[idx]`` on ``device``: indexed there when ``x`` already is, else indexed on the host
     and copied (pinned, asynchronous on CUDA)."""
+    device = canonical(device)
     if x.device == device:
         return x[idx.to(device)] if idx.device != device else x[idx]
     out = x[idx.cpu()]
@@ -254,38 +293,41 @@ class Bars:
             self._progress = None
 
     @contextmanager
-    def task(self, description: str, total: int, info_every: int = 1) -> Iterator["_Task"]:
-        """``info_every``: the info fields (tensors are allowed) are read and shown every this
-        many advances and at the end; disabled bars never read them."""
-        t = _Task(self._progress, description, total, info_every)
+    def task(self, description: str, total: int) -> Iterator["_Task"]:
+        """``advance(n, **info)``: info values may be tensors; they are read (in one transfer)
+        and shown at most every :data:`INFO_INTERVAL` seconds and at the end, never by
+        disabled bars, so a loop may pass its losses every step without a host wait."""
+        t = _Task(self._progress, description, total)
         try:
             yield t
         finally:
             t.close()
 
 
+INFO_INTERVAL = 0.25  # seconds between progress-bar updates (and reads of their values)
+
+
 class _Task:
-    def __init__(self, progress: Progress | None, description: str, total: int,
-                 info_every: int = 1) -> None:
+    def __init__(self, progress: Progress | None, description: str, total: int) -> None:
         self._p = progress
         self._id = progress.add_task(description, total=total, info="") if progress else None
-        self._every = max(1, info_every)
-        self._calls = 0
         self._steps = 0
         self._info: dict[str, Any] = {}
+        self._due = 0.0  # the first advance is shown at once
 
     def advance(self, n: int = 1, **info: Any) -> None:
         if self._p is None:
             return
-        self._calls += 1
         self._steps += n
         if info:
             self._info = info
-        if self._calls % self._every == 0:
+        now = time.monotonic()
+        if now >= self._due:
+            self._due = now + INFO_INTERVAL
             self._show()
 
     def _show(self) -> None:
-        text = " ".join(f"{k}={_fmt(v)}" for k, v in self._info.items())
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in host_floats(self._info).items())
         self._p.update(self._id, advance=self._steps, info=text)  # type: ignore[union-attr]
         self._steps = 0
 
@@ -296,8 +338,6 @@ class _Task:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, torch.Tensor):
-        v = host_float(v)
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 

@@ -40,7 +40,9 @@ from torch import nn
 from mi_bench.data import pk_batches, random_batches
 from mi_bench.interfaces import Defense, LossOutput, TrainBatch
 from mi_bench.params import param
-from mi_bench.runtime import NO_ACCEL, NULL_BARS, Accel, Bars, FiniteCheck, host_float, to_device, upload
+from mi_bench.runtime import (
+    NO_ACCEL, NULL_BARS, Accel, Bars, FiniteCheck, canonical, host_floats, to_device, upload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +193,7 @@ def train_classifier(
 ) -> TrainResult:
     """Train a classifier; returns the selected model (exported, on ``device``, eval mode)."""
     defense = defense or Defense(None, num_classes=0, input_shape=())  # type: ignore[arg-type]
-    device = torch.device(device)
+    device = canonical(device)
     every = accel.every(device)
     seed = seed + cfg.seed_offset
     torch.manual_seed(seed)
@@ -266,7 +268,7 @@ def train_classifier(
                         correct = correct + (holder["logits"].detach().argmax(1) == yb).sum()
                         seen += len(yb)
                 check.flush()
-                sums = {k: host_float(v) for k, v in sums.items()}
+                sums = host_floats(sums)  # one read per epoch
                 correct = int(correct)
                 defense.on_epoch_end(epoch)
                 lr_used = optimizer.param_groups[0]["lr"]
