@@ -11,8 +11,8 @@
 * Every function here runs in the inputs' dtype with autocast off (bf16 matmuls would destroy
   the distances and the ridge solves), so ``amp=bf16`` training keeps the HSIC terms in float32.
 * :func:`normalized_hsic` - BiDO-HSIC's ``tr(R_x R_y)`` with ``R = K~ (K~ + eps m I)^-1``,
-  ``K~ = K H``. The ridge system is *solved* (``torch.linalg.solve``) on the tensors' own device
-  and dtype, never inverted on the CPU as the official code does.
+  ``K~ = K H``. The ridge system is *solved* (``torch.linalg.solve_ex``) on the tensors' own
+  device and dtype, never inverted on the CPU as the official code does.
 * :func:`coco` - constrained covariance ``sqrt(||(HKH)(HLH)||) / m``; mi-bench uses the
   Frobenius norm like the official BiDO code (``norm="fro"``) and offers the textbook spectral
   norm (``norm="spectral"``).
@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 
 def _flat(z: torch.Tensor) -> torch.Tensor:
@@ -70,9 +69,11 @@ def linear_kernel(z: torch.Tensor) -> torch.Tensor:
 
 def label_kernel(y: torch.Tensor, num_classes: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Linear kernel on one-hot labels: ``Y Y^T`` (1 where two samples share a label), in
-    ``dtype`` (default: torch's default dtype; pass the features' dtype to pair it with them)."""
-    onehot = F.one_hot(y, num_classes).to(dtype or torch.get_default_dtype())
-    return onehot @ onehot.T
+    ``dtype`` (default: torch's default dtype; pass the features' dtype to pair it with them).
+    Built as ``y_i == y_j``: the same 0/1 matrix as ``one_hot(y) @ one_hot(y).T``, without
+    ``one_hot``'s range check (a host read on a GPU); ``num_classes`` documents the labels'
+    range."""
+    return (y[:, None] == y[None, :]).to(dtype or torch.get_default_dtype())
 
 
 def _centering(m: int, like: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,10 @@ def _ridge_ratio(k: torch.Tensor, eps: float) -> torch.Tensor:
     m = k.shape[0]
     kt = k @ _centering(m, k)
     eye = torch.eye(m, dtype=k.dtype, device=k.device)
-    return torch.linalg.solve(kt + eps * m * eye, kt, left=False)
+    # solve_ex: the same LU solve as linalg.solve without its error check, which reads the
+    # factorisation's status to the host (a GPU wait per call); a singular system gives
+    # non-finite values, which the training loops' NaN check reports
+    return torch.linalg.solve_ex(kt + eps * m * eye, kt, left=False)[0]
 
 
 def normalized_hsic(kx: torch.Tensor, ky: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -4,7 +4,8 @@
 # Prepare on the development machine, in the repository root (the GPU machine has no network
 # and no ../shared; filelock is already there, submitit is not):
 #     DEVPACK_EXTRA="submitit" ../shared/tools/device-pack.sh
-# (re-run it after every code change: the pack holds the project built as a wheel). Then on the
+# (re-run it after every code change: the pack holds the project built as a wheel; run it in a
+# plain checkout - in a `git worktree` its write to .git/info/exclude fails). Then on the
 # GPU machine (the device tool's `run`, in the repository root, timeout_s=600):
 #     source .devpack/setup.sh && bash results/bench/gpu.sh            # ~9 min: the table
 #     source .devpack/setup.sh && bash results/bench/gpu.sh profile    # ~3-4 min: step rates alone
@@ -57,7 +58,8 @@ case "$mode" in
     python3 results/bench/gpu_profile.py "${args[@]}"
     ;;
   tests)
-    python3 -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt"
+    # -P: import mi_bench from the installed pack, not the source folder in the current directory
+    python3 -P -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.txt"
     ;;
   *)
     echo "usage: bash results/bench/gpu.sh [table|profile|tests]" >&2; exit 2
