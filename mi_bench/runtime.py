@@ -90,14 +90,14 @@ def configure_device(device: torch.device, tf32: bool = True) -> dict[str, Any]:
     """Process-wide backend settings for ``device``; returns what was set (for the record).
 
     CUDA: ``cudnn.benchmark`` (autotuned convolution algorithms; the shapes here are fixed per
-    loop) and TF32 for float32 matmuls (``set_float32_matmul_precision("high")``) and cuDNN
-    convolutions when ``tf32``; both TF32 flags off otherwise. CPU: nothing to set."""
+    loop, and the algorithm chosen by timing may differ between runs, so CUDA runs are not
+    bit-reproducible) and TF32 for float32 CUDA matmuls and cuDNN convolutions when ``tf32``,
+    off otherwise (the CUDA flags only: CPU matmuls keep full float32). CPU: nothing to set."""
     if device.type != "cuda":
         return {}
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     return {"cudnn_benchmark": True, "tf32_matmul": tf32, "tf32_conv": tf32,
             "float32_matmul_precision": torch.get_float32_matmul_precision()}
 

@@ -57,7 +57,8 @@ def test_cuda_settings_and_device_data():
     assert dev.index is not None  # compares equal to tensors' devices
     settings = rt.configure_device(dev, tf32=True)
     assert settings["cudnn_benchmark"] and torch.backends.cudnn.benchmark
-    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert settings["float32_matmul_precision"] == torch.get_float32_matmul_precision()
     x = torch.rand(100, 3)
     xd = rt.to_device(x, dev)
     assert xd.device == dev
