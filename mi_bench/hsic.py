@@ -9,7 +9,10 @@
   backward. The rows are centred first (distances do not change), which keeps the float32
   cancellation error small for ReLU features far from the origin.
 * Every function here runs in the inputs' dtype with autocast off (bf16 matmuls would destroy
-  the distances and the ridge solves), so ``amp=bf16`` training keeps the HSIC terms in float32.
+  the distances and the ridge solves), so ``amp=bf16`` training keeps the HSIC terms in float32;
+  on CUDA their forward matmuls also run with TF32 off (TF32's 10-bit mantissa costs these
+  ill-conditioned terms accuracy, and the matrices are tiny); backward follows the global
+  setting.
 * :func:`normalized_hsic` - BiDO-HSIC's ``tr(R_x R_y)`` with ``R = K~ (K~ + eps m I)^-1``,
   ``K~ = K H``. The ridge system is *solved* (``torch.linalg.solve_ex``) on the tensors' own
   device and dtype, never inverted on the CPU as the official code does.
@@ -21,6 +24,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 
 
@@ -28,9 +34,18 @@ def _flat(z: torch.Tensor) -> torch.Tensor:
     return z.reshape(z.shape[0], -1)
 
 
-def _no_autocast(z: torch.Tensor):
-    """Autocast switched off (a no-op context when it is not on)."""
-    return torch.autocast(z.device.type, enabled=False)
+@contextmanager
+def _no_autocast(z: torch.Tensor) -> Iterator[None]:
+    """Autocast off and, on CUDA, TF32 matmuls off (both restored on exit)."""
+    with torch.autocast(z.device.type, enabled=False):
+        if z.device.type != "cuda" or not torch.backends.cuda.matmul.allow_tf32:
+            yield
+            return
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = True
 
 
 def _full(z: torch.Tensor) -> torch.Tensor:
