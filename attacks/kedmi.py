@@ -57,7 +57,7 @@ from mi_bench.attacks.gan import DCGANGenerator, _n_stages, load_prefixed, prefi
 from mi_bench.interfaces import Attack, AttackRequirements, Inversion
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import ATTACKS
-from mi_bench.runtime import FiniteCheck, host_floats, to_device
+from mi_bench.runtime import FiniteCheck, gather, host_floats, to_device
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +254,10 @@ class KEDMI(Attack):
                 with acc.autocast(self.device):
                     with torch.no_grad():
                         fake = g_net(torch.randn(len(li), c.latent_dim, device=self.device))
-                    _, out_lab = d_net(pub[li])
-                    _, out_unl = d_net(pub[ui])
+                    _, out_lab = d_net(gather(pub, li, self.device))
+                    _, out_unl = d_net(gather(pub, ui, self.device))
                     _, out_fake = d_net(fake)
-                    loss_lab = soft_cross_entropy(out_lab, probs[li])
+                    loss_lab = soft_cross_entropy(out_lab, gather(probs, li, self.device))
                     loss_unl = semi_supervised_loss(out_unl, out_fake)
                     loss_d = loss_lab + loss_unl
                 opt_d.zero_grad(set_to_none=True)
@@ -272,7 +272,7 @@ class KEDMI(Attack):
                         fake = g_net(torch.randn(bs, c.latent_dim, device=self.device))
                         f_fake, o_fake = d_net(fake)
                         with torch.no_grad():
-                            f_real, _ = d_net(pub[next(unl_batches)])
+                            f_real, _ = d_net(gather(pub, next(unl_batches), self.device))
                         fm = feature_matching_loss(f_fake, f_real)
                         ent = entropy(o_fake, c.entropy_reduction)
                         loss_g = fm + c.entropy_weight * ent

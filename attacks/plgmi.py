@@ -58,7 +58,7 @@ from mi_bench.attacks.kedmi import frozen, target_probs
 from mi_bench.interfaces import Attack, AttackRequirements, Inversion
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import ATTACKS
-from mi_bench.runtime import FiniteCheck, host_floats, to_device
+from mi_bench.runtime import FiniteCheck, gather, host_floats, to_device
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,8 @@ class PLGMI(Attack):
                         with torch.no_grad():
                             fake, y = fakes()
                         bi = next(batches)
-                        loss_d = hinge_d_loss(d_net(self._real_for_d(real[bi]), real_y[bi]), d_net(fake, y))
+                        real_b, real_yb = gather(real, bi, self.device), gather(real_y, bi, self.device)
+                        loss_d = hinge_d_loss(d_net(self._real_for_d(real_b), real_yb), d_net(fake, y))
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
