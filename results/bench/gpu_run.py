@@ -39,8 +39,22 @@ DEFENSES = ("none", "bido-hsic", "bido-coco", "mid")
 KP_DEFENSES = ("none", "bido-hsic")  # KED-MI / PLG-MI targets
 
 
+def judge_tokens() -> list[str]:
+    """Where runs have several judges (mi_bench.judges): ``GPU_JUDGES`` of them, default the
+    evaluator alone (the adversarially trained judge takes minutes at paper size); ``all`` =
+    the config's default."""
+    import dataclasses
+
+    from mi_bench.config import RunConfig
+
+    if "judges" not in {f.name for f in dataclasses.fields(RunConfig)}:
+        return []
+    wanted = os.environ.get("GPU_JUDGES", "eval")
+    return [] if wanted == "all" else [f"judges=[{wanted}]"]
+
+
 def tokens(defense: str, attack: str, a: argparse.Namespace) -> list[str]:
-    t = [f"defense={defense}", f"attack={attack}", "dataset=mnist", f"seed={a.seed}",
+    t = [*judge_tokens(), f"defense={defense}", f"attack={attack}", "dataset=mnist", f"seed={a.seed}",
          f"cache_dir={a.work / 'cache'}", f"results_db={a.work / 'gpu.sqlite'}",
          f"results_dir={a.work / 'runs'}", "eval.download=false"]
     if a.smoke:
@@ -93,8 +107,8 @@ def job_main(spec: dict) -> None:
         splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root), cache_dir=r.store.root)
         if spec["stage"] == "target":
             r.target(splits)
-        elif spec["stage"] == "evaluator":
-            r.evaluator(splits)
+        elif spec["stage"] == "evaluator":  # the evaluator (and any other judges of the run)
+            (r.judges if hasattr(r, "judges") else r.evaluator)(splits)
         else:  # prior: a shared prior needs only the target's key, a per-target one the target
             cls = ATTACKS.get(cfg.attack.name)
             attack = cls(cfg.attack, image_shape=splits.image_shape,
