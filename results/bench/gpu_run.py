@@ -305,8 +305,9 @@ def calibrate(a: argparse.Namespace) -> dict[str, float]:
     from mi_bench.data import load_splits, resolve_data_root
     from mi_bench.models import build_model
     from mi_bench.registry import ATTACKS
-    from mi_bench.runtime import NULL_BARS, configure_device, resolve_device
+    from mi_bench.runtime import NULL_BARS, configure_device, resolve_device, set_threads
 
+    set_threads(1)  # as the jobs (threads=1); torch's default oversubscribes a busy CPU
     preset = "smoke" if a.smoke else "paper"
     dev = resolve_device("cpu" if a.smoke else "cuda")
     configure_device(dev)
