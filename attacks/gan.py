@@ -6,6 +6,14 @@ At ``width=64`` these are the published networks (methods.md section 3):
 * 64x64x3 (CelebA): Linear(100 -> 512*4*4), 512->256->128->64->3; critic 3->64->128->256->512.
 Other sizes follow the same rule (one stride-2 layer per doubling from 4x4). ``width`` below 64
 is the CPU-sized deviation used by the smoke/quick presets.
+
+Devices (issue 7, shared by the three attacks' GAN loops): the public images are moved to the
+device once when they fit (``mi_bench.runtime.to_device``), batches are gathered there from
+index permutations sent once per epoch (:func:`sample_batches`), losses shown on progress bars
+and NaN checks are read every ``Attack.accel.every(device)`` steps (every step on the CPU), and
+``Attack.accel`` adds bf16 autocast and ``torch.compile`` to prior training only (the WGAN-GP
+gradient penalty always runs the uncompiled critic: compiled graphs do not support the double
+backward it needs). The maths and every random draw are those of the CPU code.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import math
 
 import torch
 from torch import nn
+
+from mi_bench.runtime import upload
 
 
 def _n_stages(size: int) -> int:
@@ -84,10 +94,17 @@ def load_prefixed(prefix: str, module: nn.Module, state: dict[str, torch.Tensor]
     return module
 
 
-def sample_batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless shuffled index batches over ``n`` items (GAN training iterates by steps)."""
+def sample_batches(n: int, batch_size: int, generator: torch.Generator,
+                   device: torch.device | None = None):
+    """Endless shuffled index batches over ``n`` items (GAN training iterates by steps).
+
+    The permutations come from the CPU ``generator`` (the same stream on every device); with an
+    accelerator ``device`` each permutation is sent there in one copy and the batches are
+    slices of it, so indexing data on the device needs no copy (and no host wait) per step."""
     while True:
         perm = torch.randperm(n, generator=generator)
+        if device is not None and device.type != "cpu":
+            perm = upload([perm], device)[0]
         for i in range(0, n - batch_size + 1, batch_size):
             yield perm[i:i + batch_size]
         if n < batch_size:

@@ -57,6 +57,7 @@ from mi_bench.attacks.gan import DCGANGenerator, _n_stages, load_prefixed, prefi
 from mi_bench.interfaces import Attack, AttackRequirements, Inversion
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import ATTACKS
+from mi_bench.runtime import FiniteCheck, gather, host_floats, to_device
 
 log = logging.getLogger(__name__)
 
@@ -234,53 +235,58 @@ class KEDMI(Attack):
         n = len(public)
         bs = min(c.gan_batch_size, n)
         gen = torch.Generator().manual_seed(seed + 1)
-        lab_batches = sample_batches(n, bs, gen)
-        unl_batches = sample_batches(n, bs, gen)
         total = c.gan_steps * c.n_critic  # D steps
-        pub = public.to(self.device)
-        probs = probs.to(self.device)
+        acc = self.accel
+        every = acc.every(self.device)
+        pub = to_device(public, self.device)  # once, when it fits
+        probs = to_device(probs, self.device)
+        lab_batches = sample_batches(n, bs, gen, device=pub.device)
+        unl_batches = sample_batches(n, bs, gen, device=pub.device)
+        g_net, d_net = acc.compiled(g), acc.compiled(d)  # the modules themselves when off
         g.train()
         d.train()
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor] = {}  # detached, read every N steps
+        check = FiniteCheck(every, lambda v, where: f"kedmi GAN: D loss became {v} at {where}; lower gan_lr")
         with progress.task("kedmi GAN", total=total) as bar:
             for step in range(total):
                 # -- D step -------------------------------------------------------------------
                 li, ui = next(lab_batches), next(unl_batches)
-                with torch.no_grad():
-                    fake = g(torch.randn(len(li), c.latent_dim, device=self.device))
-                _, out_lab = d(pub[li])
-                _, out_unl = d(pub[ui])
-                _, out_fake = d(fake)
-                loss_lab = soft_cross_entropy(out_lab, probs[li])
-                loss_unl = semi_supervised_loss(out_unl, out_fake)
-                loss_d = loss_lab + loss_unl
+                with acc.autocast(self.device):
+                    with torch.no_grad():
+                        fake = g_net(torch.randn(len(li), c.latent_dim, device=self.device))
+                    _, out_lab = d_net(gather(pub, li, self.device))
+                    _, out_unl = d_net(gather(pub, ui, self.device))
+                    _, out_fake = d_net(fake)
+                    loss_lab = soft_cross_entropy(out_lab, gather(probs, li, self.device))
+                    loss_unl = semi_supervised_loss(out_unl, out_fake)
+                    loss_d = loss_lab + loss_unl
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-                stats.update(d_lab=float(loss_lab.detach()), d_unl=float(loss_unl.detach()))
+                stats.update(d_lab=loss_lab.detach(), d_unl=loss_unl.detach())
                 # -- G step -------------------------------------------------------------------
                 if step % c.n_critic == 0:
                     for p in d.parameters():
                         p.requires_grad_(False)
-                    fake = g(torch.randn(bs, c.latent_dim, device=self.device))
-                    f_fake, o_fake = d(fake)
-                    with torch.no_grad():
-                        f_real, _ = d(pub[next(unl_batches)])
-                    fm = feature_matching_loss(f_fake, f_real)
-                    ent = entropy(o_fake, c.entropy_reduction)
-                    loss_g = fm + c.entropy_weight * ent
+                    with acc.autocast(self.device):
+                        fake = g_net(torch.randn(bs, c.latent_dim, device=self.device))
+                        f_fake, o_fake = d_net(fake)
+                        with torch.no_grad():
+                            f_real, _ = d_net(gather(pub, next(unl_batches), self.device))
+                        fm = feature_matching_loss(f_fake, f_real)
+                        ent = entropy(o_fake, c.entropy_reduction)
+                        loss_g = fm + c.entropy_weight * ent
                     opt_g.zero_grad(set_to_none=True)
                     loss_g.backward()
                     opt_g.step()
                     for p in d.parameters():
                         p.requires_grad_(True)
-                    stats.update(g_fm=float(fm.detach()), g_ent=float(ent.detach()))
-                if not torch.isfinite(loss_d):
-                    raise FloatingPointError(f"kedmi GAN: D loss became {float(loss_d)} at step {step}; "
-                                             "lower gan_lr")
+                    stats.update(g_fm=fm.detach(), g_ent=ent.detach())
+                check.add(loss_d, step)
                 bar.advance(1, **stats)
+            check.flush()
         log.info("kedmi GAN trained: %d D steps, %d G steps; last %s", total, c.gan_steps,
-                 ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+                 ", ".join(f"{k}={v:.4g}" for k, v in host_floats(stats).items()))
         return {**prefixed("G", g), **prefixed("D", d)}
 
     def _sample_z(self, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
@@ -304,6 +310,8 @@ class KEDMI(Attack):
         log_var = torch.full((k, c.latent_dim), float(c.init_log_var), device=self.device,
                              requires_grad=True)
         opt = torch.optim.Adam([mu, log_var], lr=c.lr)
+        every = self.accel.every(self.device)
+        check = FiniteCheck(every, lambda v, where: f"kedmi inversion: loss became {v} at {where}; lower lr")
         with frozen(g, d, target), progress.task("kedmi inversion", total=c.iterations) as bar:
             for it in range(c.iterations):
                 z = self._sample_z(mu, log_var)
@@ -319,11 +327,10 @@ class KEDMI(Attack):
                 if c.latent_clamp == "mu":
                     with torch.no_grad():
                         mu.clamp_(-c.clip, c.clip)
-                if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"kedmi inversion: loss became {float(loss.detach())} at step {it}; "
-                                             "lower lr")
-                bar.advance(1, prior=float(prior_loss.detach()), ce=float(ce.detach()),
-                            acc=float((out.argmax(1) == y).float().mean()))
+                check.add(loss, it)
+                bar.advance(1, prior=prior_loss.detach(), ce=ce.detach(),
+                            acc=(out.detach().argmax(1) == y).float().mean())
+            check.flush()
             with torch.no_grad():
                 imgs = torch.stack([g(self._sample_z(mu, log_var)) for _ in range(c.samples_per_class)], 1)
         return Inversion(

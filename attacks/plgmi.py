@@ -58,6 +58,7 @@ from mi_bench.attacks.kedmi import frozen, target_probs
 from mi_bench.interfaces import Attack, AttackRequirements, Inversion
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import ATTACKS
+from mi_bench.runtime import FiniteCheck, gather, host_floats, to_device
 
 log = logging.getLogger(__name__)
 
@@ -293,21 +294,26 @@ class PLGMI(Attack):
         sel_idx, sel_lab = top_n_selection(probs, n_top)
         log.info("plgmi: top-%d selection, %d selected copies of %d distinct public images",
                  n_top, len(sel_idx), len(torch.unique(sel_idx)))
-        real = public[sel_idx].to(self.device)  # [0, 1]; _real_for_d per batch
-        real_y = sel_lab.to(self.device)
+        real = to_device(public[sel_idx], self.device)  # [0, 1]; _real_for_d per batch
+        real_y = to_device(sel_lab, self.device)
         g, d = self._nets()
         opt_g = torch.optim.Adam(g.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
         opt_d = torch.optim.Adam(d.parameters(), lr=c.gan_lr, betas=(c.beta1, c.beta2))
         aug = self._augment(jitter_p=0.5)
         bs = min(c.gan_batch_size, len(real))
-        batches = sample_batches(len(real), bs, torch.Generator().manual_seed(seed + 1))
+        batches = sample_batches(len(real), bs, torch.Generator().manual_seed(seed + 1), device=real.device)
+        acc = self.accel
+        every = acc.every(self.device)
+        g_net, d_net = acc.compiled(g), acc.compiled(d)  # the modules themselves when off
         g.train()
         d.train()
-        stats: dict[str, float] = {}
+        stats: dict[str, torch.Tensor] = {}  # detached, read every N iterations
+        check = FiniteCheck(every, lambda v, where: f"plgmi cGAN: loss became non-finite at {where}; "
+                            "lower gan_lr", unit="iteration")
 
         def fakes() -> tuple[torch.Tensor, torch.Tensor]:
             y = torch.randint(0, self.num_classes, (bs,), device=self.device)
-            return g(torch.randn(bs, c.latent_dim, device=self.device), y), y
+            return g_net(torch.randn(bs, c.latent_dim, device=self.device), y), y
 
         with frozen(target), progress.task("plgmi cGAN", total=c.gan_steps) as bar:
             for it in range(c.gan_steps):
@@ -315,30 +321,32 @@ class PLGMI(Attack):
                     if i == 0:  # G step (official order: G first, then n_critic D steps)
                         for p in d.parameters():
                             p.requires_grad_(False)
-                        fake, y = fakes()
-                        loss_adv = hinge_g_loss(d(fake, y))
-                        inv = max_margin_loss(target(aug(self._for_target(fake))), y)
-                        loss_g = loss_adv + c.alpha * inv
+                        with acc.autocast(self.device):
+                            fake, y = fakes()
+                            loss_adv = hinge_g_loss(d_net(fake, y))
+                            inv = max_margin_loss(target(aug(self._for_target(fake))), y)
+                            loss_g = loss_adv + c.alpha * inv
                         opt_g.zero_grad(set_to_none=True)
                         loss_g.backward()
                         opt_g.step()
                         for p in d.parameters():
                             p.requires_grad_(True)
-                        stats.update(g_adv=float(loss_adv.detach()), inv=float(inv.detach()))
-                    with torch.no_grad():
-                        fake, y = fakes()
-                    bi = next(batches)
-                    loss_d = hinge_d_loss(d(self._real_for_d(real[bi]), real_y[bi]), d(fake, y))
+                        stats.update(g_adv=loss_adv.detach(), inv=inv.detach())
+                    with acc.autocast(self.device):
+                        with torch.no_grad():
+                            fake, y = fakes()
+                        bi = next(batches)
+                        real_b, real_yb = gather(real, bi, self.device), gather(real_y, bi, self.device)
+                        loss_d = hinge_d_loss(d_net(self._real_for_d(real_b), real_yb), d_net(fake, y))
                     opt_d.zero_grad(set_to_none=True)
                     loss_d.backward()
                     opt_d.step()
-                    stats["d"] = float(loss_d.detach())
-                if not math.isfinite(stats["d"]) or not math.isfinite(stats["g_adv"]):
-                    raise FloatingPointError(f"plgmi cGAN: loss became non-finite at iteration {it}; "
-                                             "lower gan_lr")
+                    stats["d"] = loss_d.detach()
+                check.add(stats["d"] + stats["g_adv"], it)  # non-finite iff either is
                 bar.advance(1, **stats)
+            check.flush()
         log.info("plgmi cGAN trained: %d iterations; last %s", c.gan_steps,
-                 ", ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+                 ", ".join(f"{k}={v:.4g}" for k, v in host_floats(stats).items()))
         return {**prefixed("G", g), **prefixed("D", d),
                 "selection.index": sel_idx.clone(), "selection.label": sel_lab.clone(),
                 "selection.top_n": torch.tensor(n_top)}
@@ -356,6 +364,8 @@ class PLGMI(Attack):
         z = torch.randn(k * s, c.latent_dim, device=self.device, requires_grad=True)
         opt = torch.optim.Adam([z], lr=c.lr)
         aug = self._augment(jitter_p=1.0)
+        every = self.accel.every(self.device)
+        check = FiniteCheck(every, lambda v, where: f"plgmi inversion: loss became {v} at {where}")
         with frozen(g, target), progress.task("plgmi inversion", total=c.iterations) as bar:
             for it in range(c.iterations):
                 x = self._for_target(g(z, y))
@@ -364,10 +374,9 @@ class PLGMI(Attack):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"plgmi inversion: loss became {float(loss)} at step {it}")
-                bar.advance(1, loss=float(loss.detach()),
-                            acc=float((out1.argmax(1) == y).float().mean()))
+                check.add(loss, it)
+                bar.advance(1, loss=loss.detach(), acc=(out1.detach().argmax(1) == y).float().mean())
+            check.flush()
             with torch.no_grad():
                 imgs = self._for_target(g(z, y)).view(k, s, *self.image_shape)
         return Inversion(

@@ -62,13 +62,14 @@ class BiDO(Defense):
     def compute_loss(self, batch: TrainBatch) -> LossOutput:
         cfg = self.cfg
         ce = torch.nn.functional.cross_entropy(batch.logits, batch.y)
-        terms = {"ce": float(ce.detach())}
+        terms: dict[str, torch.Tensor] = {"ce": ce.detach()}
         total = ce
         if not batch.taps:
             return LossOutput(total, terms)
         kx = gaussian_kernel(batch.x, cfg.sigma) if cfg.lambda_x else None
         ky = None
-        dx_sum = dy_sum = 0.0
+        # detached float64 sums (as the former Python floats), read by the trainer every N steps
+        dx_sum = dy_sum = ce.new_zeros((), dtype=torch.float64)
         for z in batch.taps.values():
             if cfg.lambda_y and (ky is None or ky.dtype != z.dtype):
                 ky = label_kernel(batch.y, self.num_classes, dtype=z.dtype)
@@ -76,11 +77,11 @@ class BiDO(Defense):
             if kx is not None:
                 dx = dependence(cfg.measure, kx.to(kz.dtype), kz, eps=cfg.eps, coco_norm=cfg.coco_norm)
                 total = total + cfg.lambda_x * dx
-                dx_sum += float(dx.detach())
+                dx_sum = dx_sum + dx.detach().double()
             if ky is not None:
                 dy = dependence(cfg.measure, kz, ky, eps=cfg.eps, coco_norm=cfg.coco_norm)
                 total = total - cfg.lambda_y * dy
-                dy_sum += float(dy.detach())
+                dy_sum = dy_sum + dy.detach().double()
         n = len(batch.taps)
-        terms.update(d_xz=dx_sum / n, d_zy=dy_sum / n, loss=float(total.detach()))
+        terms.update(d_xz=dx_sum / n, d_zy=dy_sum / n, loss=total.detach())
         return LossOutput(total, terms)

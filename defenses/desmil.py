@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.hsic import dependence, gaussian_kernel
+from mi_bench.hsic import dependence, gaussian_kernel, kernel_from_sq, sq_distances
 from mi_bench.interfaces import Defense, LossOutput, TrainBatch
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import DEFENSES
@@ -123,11 +123,12 @@ def chunk_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma > 0:
         return gaussian_kernel(z, sigma)
     z = z.reshape(z.shape[0], -1)
-    with torch.no_grad():
-        sq = torch.cdist(z, z).pow(2)
-        off = sq[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
-        med = float(off.median()) if off.numel() else 0.0
-    return gaussian_kernel(z, math.sqrt(med / z.shape[1]) if med > 0 else 1.0)
+    sq = sq_distances(z)
+    off = sq.detach()[~torch.eye(len(z), dtype=torch.bool, device=z.device)]
+    if not off.numel():
+        return kernel_from_sq(sq, 2.0 * z.shape[1])  # sigma = 1
+    med = off.median()  # stays on the device (no host read per step)
+    return kernel_from_sq(sq, 2.0 * torch.where(med > 0, med, torch.full_like(med, z.shape[1])))
 
 
 def pair_mask(d: int, interests: int, device=None) -> torch.Tensor:
@@ -163,7 +164,7 @@ class SampleWeighter:
         self.mem_count: torch.Tensor | None = None  # writes per slot (0 = empty)
         self.ptr = 0  # next slot to write
         self.updates = 0
-        self.last_losses: list[float] = []
+        self.last_losses = torch.zeros(0)  # inner-loop objective per step (detached, on the device)
 
     def _phi(self, feats: torch.Tensor, fixed: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         if fixed is not None:
@@ -188,7 +189,7 @@ class SampleWeighter:
         if cfg.rff == "per_dim":  # drawn once per batch
             fixed = (torch.randn(d, device=feat.device, dtype=feat.dtype),
                      2 * math.pi * torch.rand(d, device=feat.device, dtype=feat.dtype))
-        mask = pair_mask(d, cfg.interests, feat.device)
+        mask = pair_mask(d, cfg.interests, feat.device).to(feat.dtype)  # not re-cast every inner step
         u = torch.zeros(n, device=feat.device, dtype=feat.dtype, requires_grad=True)
         opt = torch.optim.SGD([u], lr=cfg.inner_lr, momentum=cfg.inner_momentum)
         half = max(1, cfg.inner_steps // 2)
@@ -202,10 +203,10 @@ class SampleWeighter:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss.detach())
             phi = self._phi(feats, fixed)
-            losses.append(float(decorrelation_loss(phi, torch.cat([u, mem_logit]), n, mask, cfg.lambda_p).detach()))
-        self.last_losses = losses
+            losses.append(decorrelation_loss(phi, torch.cat([u, mem_logit]), n, mask, cfg.lambda_p).detach())
+        self.last_losses = torch.stack(losses)  # no host read per inner step
         u = u.detach()
         if mem_n:
             self._write(feat, u)
@@ -253,18 +254,18 @@ class DESMIL(Defense):
         cfg = self.cfg
         if not batch.taps:
             ce = F.cross_entropy(batch.logits, batch.y)
-            return LossOutput(ce, {"ce": float(ce.detach())})
+            return LossOutput(ce, {"ce": ce.detach()})
         feat = batch.taps[cfg.layer].reshape(len(batch.y), -1)
-        terms: dict[str, float] = {}
+        terms: dict[str, torch.Tensor] = {}
         ce_each = F.cross_entropy(batch.logits, batch.y, reduction="none")
-        terms["ce"] = float(ce_each.detach().mean())
+        terms["ce"] = ce_each.detach().mean()
         if cfg.reweight:
             w = self.weighter.learn(feat)
             total = (w * ce_each).sum()
-            terms["ce_weighted"] = float(total.detach())
+            terms["ce_weighted"] = total.detach()
             terms["decor_start"] = self.weighter.last_losses[0]
             terms["decor_end"] = self.weighter.last_losses[-1]
-            terms["weight_max"] = float(w.max())
+            terms["weight_max"] = w.max()
         else:
             total = ce_each.mean()
         if cfg.beta_dec:
@@ -275,6 +276,6 @@ class DESMIL(Defense):
                 for j in range(i + 1, len(kernels)):
                     dec = dec + dependence(cfg.measure, kernels[i], kernels[j])
             total = total + cfg.beta_dec * dec
-            terms["hsic_interests"] = float(dec.detach())
-        terms["loss"] = float(total.detach())
+            terms["hsic_interests"] = dec.detach()
+        terms["loss"] = total.detach()
         return LossOutput(total, terms)

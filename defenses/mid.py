@@ -118,8 +118,7 @@ class MID(Defense):
         mu, sigma = vib_stats(batch.taps[self.ENCODER_TAP])
         kl = kl_divergence(mu, sigma)
         total = ce + self.cfg.beta * kl if self.cfg.beta else ce
-        return LossOutput(total, {"ce": float(ce.detach()), "kl": float(kl.detach()),
-                                  "loss": float(total.detach())})
+        return LossOutput(total, {"ce": ce.detach(), "kl": kl.detach(), "loss": total.detach()})
 
     def report(self) -> dict:
         return {"bottleneck": self.k, "inference": self.cfg.inference}

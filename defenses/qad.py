@@ -239,7 +239,7 @@ class QAD(Defense):
     def compute_loss(self, batch: TrainBatch) -> LossOutput:
         cfg = self.cfg
         ce = F.cross_entropy(batch.logits, batch.y)
-        terms = {"ce": float(ce.detach())}
+        terms: dict[str, torch.Tensor] = {"ce": ce.detach()}
         total = ce
         if not enabled_degradations(cfg):
             return LossOutput(total, terms)
@@ -247,11 +247,12 @@ class QAD(Defense):
         logits_deg, taps_deg = batch.forward(x_deg)
         ce_deg = F.cross_entropy(logits_deg, batch.y)
         total = total + cfg.ce_weight * ce_deg
-        terms["ce_degraded"] = float(ce_deg.detach())
+        terms["ce_degraded"] = ce_deg.detach()
         if batch.taps:
             weights = dict(zip(self._layers(batch.model), cfg.layer_weights))
             k_res = gaussian_kernel(batch.x - x_deg, cfg.sigma) if cfg.alpha_r else None
-            dq = dr = 0.0
+            # detached float64 sums (as the former Python floats), read by the trainer every N steps
+            dq = dr = ce.new_zeros((), dtype=torch.float64)
             for name, z in batch.taps.items():
                 w = weights[name]
                 kz = gaussian_kernel(z, cfg.sigma)
@@ -259,13 +260,13 @@ class QAD(Defense):
                     d = dependence(cfg.measure, kz, gaussian_kernel(taps_deg[name], cfg.sigma),
                                    eps=cfg.eps)
                     total = total - cfg.alpha_q * w * d  # maximised
-                    dq += w * float(d.detach())
+                    dq = dq + w * d.detach().double()
                 if k_res is not None:
                     d = dependence(cfg.measure, k_res, kz, eps=cfg.eps)
                     total = total + cfg.alpha_r * w * d  # minimised
-                    dr += w * float(d.detach())
+                    dr = dr + w * d.detach().double()
             terms.update(hsic_clean_degraded=dq, hsic_residual=dr)
-        terms["loss"] = float(total.detach())
+        terms["loss"] = total.detach()
         return LossOutput(total, terms)
 
     def awp_active(self) -> bool:

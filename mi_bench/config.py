@@ -74,6 +74,7 @@ from mi_bench.data import DatasetConfig
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
 from mi_bench.params import param, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, RegistryError, unknown_choice_message
+from mi_bench.runtime import AMP_CHOICES, COMPILE_CHOICES
 from mi_bench.train import TrainConfig
 
 GROUPS = ("preset", "dataset", "defense", "attack")
@@ -143,7 +144,14 @@ class RunConfig:
     seed: int = param(0, help="run seed: target training, prior training, inversion")
     eval_seed: int = param(1000, help="seed of the evaluation model (the fixed judge)")
     threads: int = param(1, ge=1, le=256, help="torch intra-op threads (see results/threads.md)")
-    device: str = param("cpu", help="cpu, cuda, cuda:N or auto")
+    device: str = param("cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    amp: str = param("off", choices=AMP_CHOICES,
+                     help="bf16 autocast for target and GAN-prior training (off = float32; the "
+                     "evaluator, inversion and scoring always run float32)")
+    compile: str = param("off", choices=COMPILE_CHOICES,
+                         help="torch.compile mode for classifier and GAN training (reduce-overhead "
+                         "= CUDA graphs); off = eager")
+    tf32: bool = param(True, help="CUDA only: TF32 for float32 matmuls and convolutions")
     data_root: str = param("", help="folder holding datasets ('' = $MI_BENCH_DATA or ./data)")
     cache_dir: str = param("", help="artifact cache ('' = $MI_BENCH_CACHE or ~/.cache/mi-bench)")
     results_db: str = param("results/mi_bench.sqlite", help="SQLite database of run records")
@@ -462,12 +470,17 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 # Fields that do not change what a run computes (where or how fast it runs, where it writes).
-NON_SEMANTIC = ("threads", "device", "data_root", "cache_dir", "results_db", "results_dir", "slurm")
+# Like ``device``, ``compile`` and ``tf32`` change float rounding only.
+NON_SEMANTIC = ("threads", "device", "compile", "tf32", "data_root", "cache_dir", "results_db",
+                "results_dir", "slurm")
+# Semantic fields left out of the hash at their default, so adding them kept every earlier hash.
+HASH_NEUTRAL_DEFAULTS = {"amp": "off"}
 
 
 def config_hash(config: dict[str, Any], drop: tuple[str, ...] = ()) -> str:
     """Hash of a resolved config (as a dict) without its non-semantic fields and ``drop``."""
-    return stable_hash({k: v for k, v in config.items() if k not in NON_SEMANTIC + drop})
+    return stable_hash({k: v for k, v in config.items() if k not in NON_SEMANTIC + drop
+                        and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])})
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

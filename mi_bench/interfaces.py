@@ -36,14 +36,17 @@ import torch
 from torch import nn
 
 from mi_bench.params import PluginConfig
+from mi_bench.runtime import NO_ACCEL, Accel
 
 
 @dataclass
 class LossOutput:
-    """``total`` is back-propagated; ``terms`` are logged floats (e.g. ``{"ce": .., "hsic_x": ..}``)."""
+    """``total`` is back-propagated; ``terms`` are logged scalars (e.g. ``{"ce": .., "hsic_x": ..}``):
+    detached 0-d tensors (preferred: the trainer sums them on the device and reads them every N
+    steps, so a GPU never waits for the host) or floats."""
 
     total: torch.Tensor
-    terms: dict[str, float] = field(default_factory=dict)
+    terms: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,7 +107,7 @@ class Defense:
 
     def compute_loss(self, batch: TrainBatch) -> LossOutput:
         ce = nn.functional.cross_entropy(batch.logits, batch.y)
-        return LossOutput(ce, {"ce": float(ce.detach())})
+        return LossOutput(ce, {"ce": ce.detach()})
 
     def optimizer_step(
         self, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -164,6 +167,8 @@ class Attack:
     prior_version: ClassVar[str] = "1"  # bump when the prior's training code changes
     prior_name: ClassVar[str] = ""  # "" = its own; another attack's name to share its cached prior
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # performance options (amp, compile, host reads every N steps); the pipeline sets the run's
+    accel: Accel = NO_ACCEL
 
     def __init__(
         self, cfg: PluginConfig, *, image_shape: tuple[int, int, int], num_classes: int,

@@ -12,7 +12,8 @@ Stages and their cache keys (``mi_bench.artifacts``):
               baseline shares GMI's) and ``prior_version``, the fields marked ``prior=True``,
               public-set content hash, image shape, run seed, and the target's key when the
               attack trains its prior against the target (KED-MI, PLG-MI).
-Nothing else (threads, device, inversion settings, paths) enters a key. ``artifact_plan`` computes
+Nothing else (threads, device, compile, tf32, inversion settings, paths) enters a key;
+``amp=bf16`` enters the target and prior keys (the evaluator always trains in float32). ``artifact_plan`` computes
 the keys without training (``mi-bench sweep --dry-run``). Each artifact is built under its cache
 lock, so concurrent runs that need it train it once.
 
@@ -50,7 +51,7 @@ from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
 from mi_bench.results import ResultStore, ResultsError, json_safe, preflight
 from mi_bench.runs import GRID, run_dir, save_reconstructions, write_record
-from mi_bench.runtime import NULL_BARS, Bars, resolve_device, set_threads
+from mi_bench.runtime import NULL_BARS, Accel, Bars, configure_device, resolve_device, set_threads
 from mi_bench.train import accuracy, train_classifier
 from mi_bench.viz import save_grid
 from mi_bench.weights import init_statement
@@ -93,12 +94,17 @@ def _target_factory(cfg: RunConfig, splits: DataSplits):
 
 # -- artifact keys (computed without training: ``mi-bench sweep --dry-run`` uses them) ----------
 
+def _with_amp(spec: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """bf16-trained artifacts get their own keys; float32 keys are unchanged."""
+    return {**spec, "amp": cfg.amp} if cfg.amp != "off" else spec
+
+
 def target_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
-    return {
+    return _with_amp({
         "stage": "target", "version": TARGET_VERSION,
         "data": splits.fingerprint(("private_train", "private_val")),
         "train": to_dict(cfg.target), "defense": to_dict(cfg.defense), "seed": cfg.seed,
-    }
+    }, cfg)
 
 
 def judge_specs(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, dict[str, Any], Any, int]]:
@@ -134,7 +140,7 @@ def prior_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str,
     }
     if req.prior == "per_target":
         spec["target"] = target_key
-    return spec
+    return _with_amp(spec, cfg)
 
 
 def artifact_plan(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, str]]:
@@ -166,6 +172,8 @@ class Runner:
         self.index = index
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
+        self.device_settings = configure_device(self.device, cfg.tf32)
+        self.accel = Accel(amp=cfg.amp, compile=cfg.compile)
         self.store = ArtifactStore(resolve_cache_dir(cfg.cache_dir))
         self.times: dict[str, float] = {}
         self.trained: list[str] = []
@@ -185,8 +193,10 @@ class Runner:
         trained: dict[str, torch.nn.Module] = {}
 
         def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            accel = self.accel if kind == "target" else Accel(compile=self.accel.compile)  # fp32 judge
             res = train_classifier(make, train, val, tcfg, seed=seed, defense=defense,
-                                   device=self.device, bars=self.bars, desc=f"train {kind}")
+                                   device=self.device, bars=self.bars, desc=f"train {kind}",
+                                   accel=accel)
             trained["model"] = res.model
             meta = {"spec": key_spec, "history": res.history, "best_epoch": res.best_epoch,
                     "val_acc": res.val_acc, "defense_report": res.defense_report}
@@ -321,6 +331,7 @@ class Runner:
         attack_cls = ATTACKS.get(cfg.attack.name)
         attack = attack_cls(cfg.attack, image_shape=splits.image_shape,
                             num_classes=splits.num_private_classes, device=self.device)
+        attack.accel = self.accel
         for p in target.parameters():
             p.requires_grad_(False)
         prior = self.prior(attack, splits, target)
@@ -371,7 +382,7 @@ class Runner:
             "run_dir": str(out_dir),
             "grid": str(grid) if grid else None,
             "versions": versions(),
-            "machine": machine(cfg, self.device),
+            "machine": machine(cfg, self.device, self.device_settings),
         }
         record = json_safe(record)
         path = write_record(out_dir, record)  # first: the source of truth, never lost
@@ -469,13 +480,23 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+def machine(cfg: RunConfig, device: torch.device, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where the run ran and how: platform, threads, device, the performance options (``amp``,
+    ``compile``, host reads every N steps) and, on CUDA, the GPU, its memory and capability,
+    the CUDA/cuDNN versions and the backend settings (cuDNN benchmark, TF32)."""
     import os
 
     info = {"platform": platform.platform(), "processor": platform.machine(),
-            "cpu_count": os.cpu_count(), "threads": cfg.threads, "device": str(device)}
+            "cpu_count": os.cpu_count(), "threads": cfg.threads, "device": str(device),
+            "accel": Accel(amp=cfg.amp, compile=cfg.compile).record(device)}
     if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["gpu_capability"] = f"{props.major}.{props.minor}"
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["backend"] = settings if settings is not None else configure_device(device, cfg.tf32)
     return info
 
 

@@ -8,14 +8,28 @@ Threads: on small CPUs torch's default (one intra-op thread per core) is often m
 than one thread for the small convolutions used here, especially when anything else runs on
 the machine. mi-bench therefore sets the intra-op thread count explicitly from the config key
 ``threads`` (default 1; measured in results/threads.md) and always one inter-op thread.
+
+Accelerators (README "GPU"): :func:`configure_device` turns on cuDNN autotuning and TF32 for
+matmuls and convolutions on CUDA (config key ``tf32``) and returns those settings for the
+record. :class:`Accel` carries the per-run performance options of the training loops: ``amp``
+(``bf16`` autocast, off by default), ``compile`` (``torch.compile`` mode; ``reduce-overhead`` =
+CUDA graphs) and how often losses are read back to the host. On an accelerator, losses are
+accumulated on the device and read every :data:`SYNC_EVERY` steps (progress bars, the NaN check)
+and at the end of an epoch or loop, so the host never waits for the GPU on every step; on the
+CPU a read costs nothing and happens every step, as before. Data: :func:`to_device` moves a
+dataset to the device once when it fits, :func:`upload` sends a whole epoch's index batches
+in one copy, so batches are gathered on the device.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from contextlib import contextmanager
-from typing import Any, Iterator
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from rich.console import Console
@@ -48,12 +62,197 @@ def set_threads(n: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available, else the CPU), with the
+    CUDA index filled in (:func:`canonical`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return canonical("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device=cuda requested but no CUDA device is available: use device=cpu")
-    return dev
+    return canonical(dev)
+
+
+def canonical(device: torch.device | str) -> torch.device:
+    """``cuda`` -> ``cuda:<current>``, so it compares equal to a tensor's ``.device``."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+SYNC_EVERY = 50  # host reads of losses on accelerators: every this many steps (CPU: every step)
+AMP_CHOICES = ("off", "bf16")
+COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune")
+_log = logging.getLogger(__name__)
+
+
+def configure_device(device: torch.device, tf32: bool = True) -> dict[str, Any]:
+    """Process-wide backend settings for ``device``; returns what was set (for the record).
+
+    CUDA: ``cudnn.benchmark`` (autotuned convolution algorithms; the shapes here are fixed per
+    loop, and the algorithm chosen by timing may differ between runs, so CUDA runs are not
+    bit-reproducible) and TF32 for float32 CUDA matmuls and cuDNN convolutions when ``tf32``,
+    off otherwise (the CUDA flags only: CPU matmuls keep full float32). CPU: nothing to set."""
+    if device.type != "cuda":
+        return {}
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return {"cudnn_benchmark": True, "tf32_matmul": tf32, "tf32_conv": tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
+@dataclass(frozen=True)
+class Accel:
+    """Performance options of the training loops (trainer, GAN priors, inversions).
+
+    ``amp``: ``bf16`` runs forward passes and losses under ``torch.autocast(bfloat16)``
+    (classifier and GAN *training* only; inversion and scoring stay float32; the HSIC terms
+    always run in float32, :mod:`mi_bench.hsic`). ``compile``: ``torch.compile`` mode for the
+    trained networks (``off``, ``default``, ``reduce-overhead`` = CUDA graphs,
+    ``max-autotune``). ``sync_every``: host reads of losses every N steps; 0 (default) = every
+    :data:`SYNC_EVERY` steps on accelerators and every step on the CPU, where a read is free."""
+
+    amp: str = "off"
+    compile: str = "off"
+    sync_every: int = 0
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp={self.amp!r}: use one of {', '.join(AMP_CHOICES)}")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"compile={self.compile!r}: use one of {', '.join(COMPILE_CHOICES)}")
+        if self.sync_every < 0:
+            raise ValueError(f"sync_every={self.sync_every}: use 0 (default) or a positive step count")
+
+    def every(self, device: torch.device | str) -> int:
+        """Steps between host reads on ``device``."""
+        if self.sync_every:
+            return self.sync_every
+        return 1 if torch.device(device).type == "cpu" else SYNC_EVERY
+
+    def autocast(self, device: torch.device | str) -> ContextManager[Any]:
+        """``torch.autocast(bfloat16)`` under ``amp=bf16``, else a no-op context."""
+        if self.amp == "bf16":
+            return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def compiled(self, module: torch.nn.Module) -> Callable[..., Any]:
+        """``torch.compile(module, mode=...)`` (same parameters), or ``module`` when off."""
+        if self.compile == "off":
+            return module
+        return torch.compile(module, mode=self.compile)
+
+    def record(self, device: torch.device | str) -> dict[str, Any]:
+        """The options as stored in a record's ``machine`` section."""
+        return {"amp": self.amp, "compile": self.compile, "host_read_every": self.every(device)}
+
+
+NO_ACCEL = Accel()
+
+
+def to_host(t: torch.Tensor) -> Any:
+    """``t.tolist()``: the one place the training loops read values back to the host (one wait
+    for the device per call; tests count the calls)."""
+    return t.tolist()
+
+
+def host_float(t: torch.Tensor | float) -> float:
+    """A scalar tensor (or float) as a float."""
+    return float(to_host(t.detach())) if isinstance(t, torch.Tensor) else float(t)
+
+
+def host_floats(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with its scalar tensors read in one transfer (stacked as float64: exact for
+    float32 and float64 values); other values pass through."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    out = dict(values)
+    if not keys:
+        return out
+    devices = {values[k].device for k in keys}
+    if len(devices) > 1:  # not expected: read them one by one
+        out.update({k: host_float(values[k]) for k in keys})
+        return out
+    stacked = torch.stack([values[k].detach().reshape(()).to(torch.float64) for k in keys])
+    out.update(zip(keys, to_host(stacked)))
+    return out
+
+
+class FiniteCheck:
+    """NaN/inf guard without a host read per step: ``add(loss, step)`` sums detached losses on
+    their device and reads the sum every ``every`` adds (and at :meth:`flush`); a non-finite
+    sum raises ``FloatingPointError(message(value, where))``, ``where`` = ``"step 17"`` (one
+    step summed, always so on the CPU) or ``"steps 10-17"`` (``unit`` names the step)."""
+
+    def __init__(self, every: int, message: Callable[[float, str], str], unit: str = "step") -> None:
+        self.every = max(1, every)
+        self.message = message
+        self.unit = unit
+        self._sum: torch.Tensor | None = None
+        self._first = self._last = 0
+        self._n = 0
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        v = loss.detach()
+        if self._sum is None:
+            self._sum, self._first = v, step
+        else:
+            self._sum = self._sum + v
+        self._last = step
+        self._n += 1
+        if self._n >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._sum is None:
+            return
+        value = host_float(self._sum)
+        u = self.unit
+        where = f"{u} {self._last}" if self._first == self._last else f"{u}s {self._first}-{self._last}"
+        self._sum, self._n = None, 0
+        if not math.isfinite(value):
+            raise FloatingPointError(self.message(value, where))
+
+
+def to_device(x: torch.Tensor, device: torch.device, max_fraction: float = 0.25) -> torch.Tensor:
+    """``x`` on ``device`` when it fits (at most ``max_fraction`` of the free accelerator
+    memory), else ``x`` itself (batches are then copied per step). CPU: ``x`` unchanged."""
+    device = canonical(device)
+    if device.type == "cpu" or x.device == device:
+        return x
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if x.numel() * x.element_size() > max_fraction * free:
+            _log.info("%.0f MB of data kept on the host (more than %.0f%% of the free GPU memory)",
+                      x.numel() * x.element_size() / 2**20, 100 * max_fraction)
+            return x
+    return x.to(device)
+
+
+def upload(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """A list of (index or mask) tensors moved to ``device`` in one copy (pinned, asynchronous
+    on CUDA), split back into the same batches. CPU: the list unchanged."""
+    device = canonical(device)
+    if device.type == "cpu" or not batches:
+        return batches
+    flat = torch.cat(batches)
+    if device.type == "cuda":
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    else:
+        flat = flat.to(device)
+    return list(flat.split([len(b) for b in batches]))
+
+
+def gather(x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x[idx]`` on ``device``: indexed there when ``x`` already is, else indexed on the host
+    and copied (pinned, asynchronous on CUDA)."""
+    device = canonical(device)
+    if x.device == device:
+        return x[idx.to(device)] if idx.device != device else x[idx]
+    out = x[idx.cpu()]
+    if device.type == "cuda":
+        return out.pin_memory().to(device, non_blocking=True)
+    return out.to(device)
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -95,6 +294,9 @@ class Bars:
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator["_Task"]:
+        """``advance(n, **info)``: info values may be tensors; they are read (in one transfer)
+        and shown at most every :data:`INFO_INTERVAL` seconds and at the end, never by
+        disabled bars, so a loop may pass its losses every step without a host wait."""
         t = _Task(self._progress, description, total)
         try:
             yield t
@@ -102,19 +304,36 @@ class Bars:
             t.close()
 
 
+INFO_INTERVAL = 0.25  # seconds between progress-bar updates (and reads of their values)
+
+
 class _Task:
     def __init__(self, progress: Progress | None, description: str, total: int) -> None:
         self._p = progress
         self._id = progress.add_task(description, total=total, info="") if progress else None
+        self._steps = 0
+        self._info: dict[str, Any] = {}
+        self._due = 0.0  # the first advance is shown at once
 
     def advance(self, n: int = 1, **info: Any) -> None:
         if self._p is None:
             return
-        text = " ".join(f"{k}={_fmt(v)}" for k, v in info.items())
-        self._p.update(self._id, advance=n, info=text)
+        self._steps += n
+        if info:
+            self._info = info
+        now = time.monotonic()
+        if now >= self._due:
+            self._due = now + INFO_INTERVAL
+            self._show()
+
+    def _show(self) -> None:
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in host_floats(self._info).items())
+        self._p.update(self._id, advance=self._steps, info=text)  # type: ignore[union-attr]
+        self._steps = 0
 
     def close(self) -> None:
         if self._p is not None:
+            self._show()
             self._p.refresh()
 
 

@@ -13,6 +13,17 @@ Model selection (documented, and stored with every result): with ``selection=bes
 weights of the epoch with the highest accuracy on the *validation* split (carved from the
 training data) are kept; ``last`` keeps the final epoch. The test split is only used once, for
 the reported accuracy (the official BiDO/GMI code selects on the test split; mi-bench does not).
+
+Devices (issue 7): the training and validation sets are moved to the device once when they fit
+(:func:`mi_bench.runtime.to_device`) and each epoch's index batches (and horizontal-flip masks)
+are sent in one copy, so batches are gathered on the device. Batches, flips and every random
+draw come from the same CPU generator in the same order as before, so CPU runs are unchanged
+bit for bit. Loss terms (floats or tensors, ``LossOutput.terms``), the training accuracy and
+the NaN check are accumulated on the device and read every ``accel.every(device)`` steps (every
+step on the CPU) and at the end of each epoch. ``accel`` (:class:`mi_bench.runtime.Accel`)
+adds bf16 autocast (forward and loss; backward and optimiser outside) and ``torch.compile``
+of the network's forward (the defense's hooks and taps stay on the plain module; skipped, with
+a warning, when the defense wraps the model, e.g. DP-SGD's Opacus module).
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ from torch import nn
 from mi_bench.data import pk_batches, random_batches
 from mi_bench.interfaces import Defense, LossOutput, TrainBatch
 from mi_bench.params import param
-from mi_bench.runtime import NULL_BARS, Bars
+from mi_bench.runtime import (
+    NO_ACCEL, NULL_BARS, Accel, Bars, FiniteCheck, canonical, host_floats, to_device, upload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +125,20 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.T
     return out
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy in eval mode (restores the previous mode), counted on the model's device
+    and read once."""
     if len(y) == 0:
         return float("nan")
-    return float((predict(model, x).argmax(1) == y).float().mean())
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        correct += (model(xb.to(dev)).argmax(1) == yb.to(dev)).sum()
+    model.train(was)
+    return float(correct.to(torch.float32) / len(y))  # float32, as the mean of 0/1 always was
 
 
 class Taps:
@@ -146,6 +169,15 @@ class Taps:
         self._handles.clear()
 
 
+def _batch(data: torch.Tensor, idx_host: torch.Tensor, idx_dev: torch.Tensor,
+           device: torch.device) -> torch.Tensor:
+    """``data[idx]`` on ``device``: indexed there when the data set was moved (CPU: always),
+    else gathered on the host and copied (pinned, asynchronous)."""
+    if data.device == device:
+        return data[idx_dev]
+    return data[idx_host].pin_memory().to(device, non_blocking=True)
+
+
 def train_classifier(
     make_model: Callable[[], nn.Module],
     train: tuple[torch.Tensor, torch.Tensor],
@@ -157,15 +189,19 @@ def train_classifier(
     device: torch.device | str = "cpu",
     bars: Bars = NULL_BARS,
     desc: str = "train",
+    accel: Accel = NO_ACCEL,
 ) -> TrainResult:
     """Train a classifier; returns the selected model (exported, on ``device``, eval mode)."""
     defense = defense or Defense(None, num_classes=0, input_shape=())  # type: ignore[arg-type]
-    device = torch.device(device)
+    device = canonical(device)
+    every = accel.every(device)
     seed = seed + cfg.seed_offset
     torch.manual_seed(seed)
     model = defense.build_model(make_model()).to(device)
     gen = torch.Generator().manual_seed(seed + 1)
     x_tr, y_tr = train
+    x_dev, y_dev = to_device(x_tr, device), to_device(y_tr, device)  # once, when they fit
+    val = (to_device(val[0], device), to_device(val[1], device))
     optimizer = make_optimizer(model.parameters(), cfg)
     scheduler = make_scheduler(optimizer, cfg)  # on the plain optimiser: wrappers share its groups
     model, optimizer = defense.configure(
@@ -173,10 +209,17 @@ def train_classifier(
         generator=gen,
     )
     taps = Taps(model, defense.tap_layers(model))
+    net = model
+    if accel.compile != "off":
+        if defense.export_model(model) is model:
+            net = accel.compiled(model)
+        else:
+            log.warning("%s: compile=%s skipped: the defense wraps the model (%s)", desc,
+                        accel.compile, type(model).__name__)
 
     def forward(x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         taps.outputs = {}
-        logits = model(x)
+        logits = net(x)
         return logits, taps.outputs
 
     result = TrainResult(model=model)
@@ -191,36 +234,43 @@ def train_classifier(
                 batches = defense.epoch_batches(y_tr, cfg.batch_size, gen)
                 if batches is None:
                     batches = epoch_batches(len(y_tr), cfg, y_tr, gen)
-                sums: dict[str, float] = {}
-                correct = seen = 0
-                for idx in batches:
-                    xb, yb = x_tr[idx].to(device), y_tr[idx].to(device)
+                # the flips are drawn right after the batches, batch by batch, as before
+                flips = [torch.rand(len(idx), generator=gen) < 0.5 for idx in batches] if cfg.hflip else []
+                dev_batches, dev_flips = upload(batches, device), upload(flips, device)
+                sums: dict[str, Any] = {}
+                correct: Any = 0
+                seen = 0
+                check = FiniteCheck(every, lambda v, where, e=epoch: (
+                    f"{desc}: loss became {v} at epoch {e + 1}, {where}; lower the learning rate "
+                    "or the defense strength"))
+                for i, (idx, idx_dev) in enumerate(zip(batches, dev_batches)):
+                    xb, yb = _batch(x_dev, idx, idx_dev, device), _batch(y_dev, idx, idx_dev, device)
                     if cfg.hflip:
-                        flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
-                        xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+                        xb = torch.where(dev_flips[i][:, None, None, None], xb.flip(-1), xb)
                     xb, yb = defense.prepare_batch(model, xb, yb)
                     holder: dict[str, torch.Tensor] = {}
 
                     def closure(xb=xb, yb=yb, holder=holder) -> LossOutput:
-                        logits, tapped = forward(xb)
-                        holder["logits"] = logits
-                        return defense.compute_loss(TrainBatch(
-                            x=xb, y=yb, logits=logits, taps=tapped, model=model,
-                            epoch=epoch, step=step, forward=forward,
-                        ))
+                        with accel.autocast(device):
+                            logits, tapped = forward(xb)
+                            holder["logits"] = logits
+                            return defense.compute_loss(TrainBatch(
+                                x=xb, y=yb, logits=logits, taps=tapped, model=model,
+                                epoch=epoch, step=step, forward=forward,
+                            ))
 
                     out = defense.optimizer_step(model, optimizer, closure)
-                    if not torch.isfinite(out.total.detach()):
-                        raise FloatingPointError(
-                            f"{desc}: loss became {float(out.total.detach())} at epoch {epoch + 1}, step "
-                            f"{step}; lower the learning rate or the defense strength"
-                        )
+                    check.add(out.total, step)
                     step += 1
                     for k, v in out.terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
+                        v = v.detach().to(torch.float64) if isinstance(v, torch.Tensor) else v
+                        sums[k] = sums[k] + v if k in sums else v
                     if "logits" in holder and len(idx):
-                        correct += int((holder["logits"].detach().argmax(1) == yb).sum())
+                        correct = correct + (holder["logits"].detach().argmax(1) == yb).sum()
                         seen += len(yb)
+                check.flush()
+                sums = host_floats(sums)  # one read per epoch
+                correct = int(correct)
                 defense.on_epoch_end(epoch)
                 lr_used = optimizer.param_groups[0]["lr"]
                 if scheduler is not None:

@@ -24,6 +24,16 @@ def shared_mnist_or_skip() -> Path:
     return SHARED_DATA
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests need CUDA: skipped, with the reason, where torch sees none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (gpu marker); torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_mnist_or_skip()

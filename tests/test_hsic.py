@@ -116,3 +116,102 @@ def test_normalized_hsic_scale_at_m64_with_onehot_labels():
     z = torch.randn(64, 32)
     v = float(normalized_hsic(gaussian_kernel(z, 5.0), label_kernel(y, 5)))
     assert 1.0 < v < 64.0
+
+
+# -- the Gram-matrix kernel equals the elementwise (cdist) kernel it replaced (issue 7) ----------
+
+def _cdist_kernel(z, sigma=5.0):
+    """The implementation before issue 7: elementwise pairwise distances."""
+    z = z.reshape(z.shape[0], -1)
+    sq = torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    return torch.exp(-sq / (2.0 * sigma**2 * z.shape[1]))
+
+
+# MCNN's tapped BiDO layers at batch 64 (and the input), ReLU-like features off the origin
+SHAPES = [((64, 1, 32, 32), 0.5), ((64, 64, 14, 14), 3.0), ((64, 128, 5, 5), 0.0), ((64, 256, 1, 1), 10.0)]
+
+
+def _features(shape, offset, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) + offset).relu().to(dtype)
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("shape,offset", SHAPES)
+@pytest.mark.parametrize("dtype,tol_k,tol_g", [(torch.float64, 1e-12, 1e-10), (torch.float32, 1e-6, 1e-4)])
+def test_gram_kernel_equals_cdist_kernel_with_gradients(shape, offset, dtype, tol_k, tol_g):
+    z = _features(shape, offset, dtype)
+    a, b = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    ka, kb = gaussian_kernel(a, 5.0), _cdist_kernel(b, 5.0)
+    assert ka.dtype == dtype
+    assert float((ka - kb).detach().abs().max()) <= tol_k
+    assert torch.equal(ka.diagonal(), torch.ones(64, dtype=dtype))  # exact zero self-distance
+    w = torch.randn(64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
+    (ga,) = torch.autograd.grad((ka * w).sum(), a)
+    (gb,) = torch.autograd.grad((kb * w).sum(), b)
+    assert _rel(ga, gb) <= tol_g
+
+
+@pytest.mark.parametrize("measure", ["hsic", "coco", "plain_hsic"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_dependence_values_and_gradients_equal_the_cdist_implementation(measure, dtype):
+    """BiDO's d(X, Z) and d(Z, Y) with the new kernel against the old one. float64: equal to
+    1e-9. float32: values to 1e-5; gradients to 1e-2 for the normalised HSIC (its ridge solve,
+    eps m = 6.4e-4, is ill-conditioned: the float32 gradient of *either* kernel is 4-10% from
+    float64, measured, while the two float32 versions differ by ~1e-3) and 1e-4 otherwise."""
+    from mi_bench.hsic import dependence
+
+    y = torch.arange(64) % 5
+    ky = label_kernel(y, 5, dtype=dtype)
+    x = _features((64, 1, 32, 32), 0.0, dtype, seed=3)
+    for shape, offset in SHAPES[1:]:
+        z = _features(shape, offset, dtype)
+        a, b = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        va = dependence(measure, gaussian_kernel(x), gaussian_kernel(a)) - dependence(measure, gaussian_kernel(a), ky)
+        vb = dependence(measure, _cdist_kernel(x), _cdist_kernel(b)) - dependence(measure, _cdist_kernel(b), ky)
+        (ga,) = torch.autograd.grad(va, a)
+        (gb,) = torch.autograd.grad(vb, b)
+        if dtype == torch.float64:
+            assert float(va) == pytest.approx(float(vb), rel=1e-9)
+            assert _rel(ga, gb) <= 1e-9
+        else:
+            assert float(va) == pytest.approx(float(vb), rel=1e-5, abs=1e-6)
+            assert _rel(ga, gb) <= (1e-2 if measure == "hsic" else 1e-4)
+
+
+def test_desmil_median_kernel_equals_the_cdist_version():
+    """DESMIL's median-heuristic kernel (now computed on the device, no host read) against the
+    previous cdist + float(median) construction."""
+    import math
+
+    from mi_bench.defenses.desmil import chunk_kernel
+
+    z = _features((64, 64), 0.5, torch.float64).requires_grad_(True)
+    sq = torch.cdist(z.detach(), z.detach()).pow(2)
+    med = float(sq[~torch.eye(64, dtype=torch.bool)].median())
+    ref = _cdist_kernel(z, math.sqrt(med / 64))
+    got = chunk_kernel(z, 0.0)
+    assert float((got - ref).detach().abs().max()) < 1e-12
+    (ga,) = torch.autograd.grad(got.sum(), z)
+    (gb,) = torch.autograd.grad(ref.sum(), z)
+    assert _rel(ga, gb) < 1e-10
+    # a constant chunk (all distances 0) falls back to sigma = 1: every entry 1
+    assert torch.equal(chunk_kernel(torch.ones(8, 4, dtype=torch.float64), 0.0), torch.ones(8, 8, dtype=torch.float64))
+
+
+def test_kernels_and_dependence_ignore_bf16_autocast():
+    """Under amp=bf16 the HSIC terms stay float32 (bf16 Gram matrices would destroy them)."""
+    from mi_bench.hsic import dependence
+
+    z = _features((16, 8, 4, 4), 1.0, torch.float32)
+    ky = label_kernel(torch.arange(16) % 4, 4)
+    ref = dependence("hsic", gaussian_kernel(z), ky)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        k = gaussian_kernel(z)
+        got = dependence("hsic", k, ky)
+        from_bf16 = gaussian_kernel(z.bfloat16())
+    assert k.dtype == torch.float32 and got.dtype == torch.float32 and from_bf16.dtype == torch.float32
+    assert float(got) == pytest.approx(float(ref), rel=1e-6)
