@@ -85,7 +85,10 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return " ".join(self.tokens)
+        """The cell's overrides, without those that only say where or how fast it runs."""
+        from mi_bench.config import NON_SEMANTIC
+
+        return " ".join(t for t in self.tokens if t.split("=", 1)[0] not in NON_SEMANTIC)
 
 
 def _expand(token: str) -> list[str]:
