@@ -5,9 +5,10 @@ Stages and their cache keys (``mi_bench.artifacts``):
 * target    - dataset private train/val content hash, ``target`` section, defense config,
               run seed, stage code version (or the user checkpoint's SHA-256);
 * evaluator - dataset eval train/val content hash, ``evaluator`` section, ``eval_seed``,
-              ``judge.none_fraction`` (the evaluator is the ``eval`` judge, with a "none" class);
+              ``judge.none_fraction``, ``judge.noise_fraction``, ``judge.noise_amplitude`` (the
+              evaluator is the ``eval`` judge, with a "none" class);
 * judge-<name> - dataset eval train/val content hash, ``judge.<name>`` section (its own seed),
-              ``judge.none_fraction`` (``mi_bench.judges``);
+              ``judge.none_fraction``, ``judge.noise_*`` (``mi_bench.judges``);
 * prior     - attack name (``prior_name`` when it uses another attack's prior: the ``random``
               baseline shares GMI's) and ``prior_version``, the fields marked ``prior=True``,
               public-set content hash, image shape, run seed, and the target's key when the
@@ -59,8 +60,8 @@ from mi_bench.weights import init_statement
 log = logging.getLogger(__name__)
 
 TARGET_VERSION = "1"
-EVALUATOR_VERSION = "2"  # 2: K + 1 outputs, the last a "none" class trained on junk
-JUDGE_VERSION = "1"
+EVALUATOR_VERSION = "3"  # 2: K + 1 outputs, the last a "none" class trained on junk; 3: background noise
+JUDGE_VERSION = "2"  # 2: background noise on real training images (judge.noise_*)
 
 
 def defense_label(defense_cfg: Any, recipe: str = "") -> str:
@@ -110,18 +111,20 @@ def target_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
 def judge_specs(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, dict[str, Any], Any, int]]:
     """``{judge: (cache kind, key spec, training config, seed)}`` of the run's judges, ``eval``
     (the evaluator) first; each is trained on the whole domain plus a "none" class."""
-    nf = cfg.judge.none_fraction
+    j = cfg.judge
+    shared = {"none_fraction": j.none_fraction, "noise_fraction": j.noise_fraction,
+              "noise_amplitude": j.noise_amplitude}
     data = splits.fingerprint(("eval_train", "eval_val"))
     out: dict[str, tuple[str, dict[str, Any], Any, int]] = {
         "eval": ("evaluator", {"stage": "evaluator", "version": EVALUATOR_VERSION, "data": data,
-                               "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed,
-                               "none_fraction": nf}, cfg.evaluator, cfg.eval_seed)}
+                               "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed, **shared},
+                 cfg.evaluator, cfg.eval_seed)}
     for name in cfg.judges:
         if name == "eval":
             continue
         tcfg = getattr(cfg.judge, name)
         out[name] = (f"judge-{name}", {"stage": "judge", "judge": name, "version": JUDGE_VERSION,
-                                       "data": data, "train": to_dict(tcfg), "none_fraction": nf},
+                                       "data": data, "train": to_dict(tcfg), **shared},
                      tcfg, tcfg.seed)
     return out
 
@@ -255,11 +258,13 @@ class Runner:
         health checks (computed once, after training) in ``Judge.info``."""
         cfg = self.cfg
         k, c = splits.num_domain_classes, splits.image_shape[0]
-        nf = cfg.judge.none_fraction
+        jc = cfg.judge
+        shared = {"none_fraction": jc.none_fraction, "noise_fraction": jc.noise_fraction,
+                  "noise_amplitude": jc.noise_amplitude}
         out: dict[str, Judge] = {}
         for name, (kind, spec, tcfg, seed) in judge_specs(cfg, splits).items():
             recipe = JudgeRecipe(None if name == "eval" else tcfg, num_classes=k,
-                                 input_shape=splits.image_shape, none_fraction=nf)
+                                 input_shape=splits.image_shape, **shared)
             make = lambda tcfg=tcfg, name=name: build_model(  # noqa: E731
                 tcfg.model, num_classes=k + 1, in_channels=c, width=tcfg.width,
                 pretrained=getattr(tcfg, "pretrained", ""),
@@ -273,7 +278,7 @@ class Runner:
             model, info = self._classifier_stage(kind, spec, make, splits.eval_train, splits.eval_val,
                                                  tcfg, seed=seed, defense=recipe, checks=checks)
             judge.model = model
-            judge.info = {**describe(tcfg, seed=seed, none_fraction=nf), "artifact": kind,
+            judge.info = {**describe(tcfg, seed=seed, **shared), "artifact": kind,
                           "key": info["key"], **info.get("checks", {})}
             out[name] = judge
         return out

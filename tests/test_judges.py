@@ -9,7 +9,7 @@ from torch import nn
 
 from mi_bench.config import ConfigError, compose
 from mi_bench.judges import (
-    JUNK_KINDS, NONE, Judge, JudgeRecipe, health, junk_images, pgd, score_judges,
+    JUNK_KINDS, NONE, Judge, JudgeRecipe, background_noise, health, junk_images, pgd, score_judges,
 )
 from mi_bench.models import build_model
 from mi_bench.train import train_classifier
@@ -42,7 +42,9 @@ def test_a_run_records_each_judge_its_architecture_seed_and_training(smoke_run):
         assert smoke_run["artifacts"][kind]["key"] == judges[name]["key"]
         assert len(smoke_run["artifacts"][kind]["sha256"]) == 64
     for j in judges.values():  # health checks computed once after training, recorded each run
-        assert {"test_acc", "reject_rate_real", "reject_rate_junk", "rejects_black", "rejects_white"} <= set(j)
+        assert {"test_acc", "reject_rate_real", "reject_rate_junk", "rejects_black", "rejects_white",
+                "reject_rate_noisy_gaussian", "reject_rate_noisy_uniform", "noisy_checks"} <= set(j)
+        assert j["background_noise"].startswith("0.5 of real training images")
     assert "robust_acc" in judges["robust"] and "robust_acc" not in judges["resnet"]
     m = smoke_run["metrics"]
     assert set(m["judges"]) == {"eval", "resnet", "robust"}
@@ -165,3 +167,77 @@ def test_reject_option_rejects_blank_images_and_keeps_real_ones(digits_world):
     assert h["reject_rate_real"] <= 0.05 and h["test_acc"] >= 0.85 and h["reject_rate_junk"] >= 0.9
     plain = train(0.0)
     assert (plain.predict(blank) != NONE).all()
+
+
+def test_background_noise_is_bounded_reproducible_and_of_every_kind():
+    x = torch.zeros(300, 1, 16, 16)
+    out = background_noise(x, 0.1, generator=torch.Generator().manual_seed(0))
+    again = background_noise(x, 0.1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and out.min() >= 0 and out.max() <= 1
+    assert (out.flatten(1).amax(1) > 0).float().mean() > 0.95  # (almost) every image got noise
+    assert out.mean() < 0.05  # amplitude ~ U(0, 0.1): faint, mean 0.025 on a black canvas
+    # the three kinds: gaussian (half its pixels clamped to 0), speckle (no pixel left at 0),
+    # smooth (neighbouring pixels nearly equal)
+    zeros = (out.flatten(1) == 0).float().mean(1)
+    assert ((zeros > 0.3) & (zeros < 0.7)).sum() > 50 and (zeros < 0.02).sum() > 100
+    rough = (out[..., 1:] - out[..., :-1]).abs().mean((1, 2, 3)) / out.mean((1, 2, 3)).clamp_min(1e-6)
+    assert (rough < 0.2).sum() > 50
+    assert torch.equal(background_noise(x, 0.0), x)
+
+
+def test_recipe_adds_background_noise_to_a_share_of_the_real_images():
+    recipe = JudgeRecipe(None, num_classes=10, input_shape=(1, 32, 32), none_fraction=0.25,
+                         noise_fraction=0.5, noise_amplitude=0.1)
+    model = build_model("scnn", num_classes=11, in_channels=1, width=0.5)
+    x, y = torch.zeros(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    x2, y2 = recipe.prepare_batch(model, x, y)
+    assert x2.shape == (10, 1, 32, 32) and torch.equal(y2[:8], y) and (y2[8:] == 10).all()
+    changed = x2[:8].flatten(1).amax(1) > 0
+    assert changed[:4].all() and not changed[4:].any()  # the first round(0.5 * 8) real images
+
+
+NOISY_REJECT_MAX = 0.05  # a judge may reject at most 5% of real test digits with faint noise added
+
+
+def test_small_judges_accept_noisy_real_digits(tmp_path):
+    """Each judge, trained small on digits (~15 s together), rejects at most NOISY_REJECT_MAX of
+    the real test digits with the health checks' Gaussian (sigma 0.05) or uniform (0.1) noise
+    added, as recorded in protocol.judges. (digits images have grey backgrounds, so the texture
+    shortcut does not show there: the MNIST test below reproduces it.)"""
+    from mi_bench.data import load_splits, resolve_data_root
+    from mi_bench.pipeline import Runner
+
+    cfg = compose(["preset=smoke", f"cache_dir={tmp_path}", "evaluator.epochs=4", "judge.resnet.width=0.5",
+                   "judge.resnet.lr=0.002", "judge.resnet.epochs=8", "judge.robust.epochs=3"])
+    splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root))
+    for name, judge in Runner(cfg).judges(splits).items():
+        info = judge.info
+        assert info["test_acc"] >= 0.8, (name, info["test_acc"])
+        for check in ("reject_rate_real", "reject_rate_noisy_gaussian", "reject_rate_noisy_uniform"):
+            assert info[check] <= NOISY_REJECT_MAX, (name, check, info[check])
+
+
+def test_background_noise_stops_a_judge_rejecting_noisy_mnist(shared_data):
+    """The defect of issue 12's MNIST benchmark, small: a ResNet judge trained with the junk
+    class but no background noise rejects most real MNIST test digits once faint uniform noise is
+    added (it learned 'textured background = junk'); with the noise augmentation it rejects at
+    most NOISY_REJECT_MAX of them (~25 s)."""
+    from mi_bench.data import load_splits
+
+    cfg = compose(["dataset=mnist", "preset=smoke", "dataset.max_train_per_class=300"])
+    s = load_splits(cfg.dataset, shared_data)
+    jc = dataclasses.replace(cfg.judge.resnet, width=0.5, lr=0.002, epochs=6)
+
+    def train(noise_fraction):
+        recipe = JudgeRecipe(jc, num_classes=10, input_shape=s.image_shape, none_fraction=0.25,
+                             noise_fraction=noise_fraction, noise_amplitude=0.1)
+        res = train_classifier(lambda: build_model("resnet8", num_classes=11, in_channels=1, width=0.5),
+                               s.eval_train, s.eval_val, jc, seed=2000, defense=recipe)
+        return health(Judge("resnet", res.model, 10, jc), s.eval_test)
+
+    plain, noisy = train(0.0), train(0.5)
+    assert plain["reject_rate_real"] <= NOISY_REJECT_MAX and plain["reject_rate_noisy_uniform"] > 0.5
+    assert noisy["reject_rate_noisy_uniform"] <= NOISY_REJECT_MAX
+    assert noisy["reject_rate_noisy_gaussian"] <= NOISY_REJECT_MAX
+    assert noisy["reject_rate_real"] <= NOISY_REJECT_MAX and noisy["test_acc"] >= 0.8
+    assert noisy["reject_rate_junk"] >= 0.9 and noisy["rejects_black"] and noisy["rejects_white"]
