@@ -2,6 +2,7 @@
 
     mi-bench run defense=bido attack=gmi            # train, attack, score, store, show
     mi-bench run dataset=mnist preset=quick seed=3 defense.lambda_y=1.0 --json
+    mi-bench rescore RUN_ID judge.noise_amplitude=0.15   # score a stored run again (new record)
     mi-bench sweep defense=bido defense.lambda_y=0.5,1,2 seed=0,1
     mi-bench sweep defense=none,bido attack=gmi,kedmi --workers 2      # seeds 0,1,2
     mi-bench sweep defense=none,bido attack=gmi,kedmi --status
@@ -177,6 +178,76 @@ def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
         click.echo(json.dumps(rec, indent=2, default=str))
     else:
         stdout_console().print(_summary_table(rec))
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("items", nargs=-1)
+@click.option("--db", default="results/mi_bench.sqlite", show_default=True,
+              help="results database: where run ids are looked up and the new records are indexed")
+@click.option("--all", "all_runs", is_flag=True, help="every run of --db not re-scored already")
+@click.option("--json", "as_json", is_flag=True, help="print the new records as a JSON list on stdout")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def rescore(items: tuple[str, ...], db: str, all_runs: bool, as_json: bool, quiet: bool) -> None:
+    """Score stored runs again from their saved reconstructions, with today's judges and metrics.
+
+    \b
+    ITEMS are run ids (of --db), run folders (holding record.json), and key=value overrides of
+    the scoring only: judges=, judge.*, eval.*, evaluator.*, eval_seed (plus threads, device,
+    cache_dir, data_root, results_db, results_dir). The target, prior and inversion are not
+    re-run. Each run gets a new record (new run id and folder beside the old one unless
+    results_dir= says otherwise, rescored_from: the old id), indexed in --db; the leaderboard
+    then counts the re-scored record instead of the old one. Judges are trained or loaded from
+    the cache like in a run. Every input is checked before any work.
+    \b
+    Examples:
+      mi-bench rescore 20261126-141935-d7e45a --db results/fidelity/fidelity.sqlite
+      mi-bench rescore results/runs/20261126-141935-d7e45a judge.noise_amplitude=0.15
+      mi-bench rescore --all --db results/mi_bench.sqlite judges=[eval,robust]
+    """
+    from mi_bench import rescore as rs
+
+    runs = [i for i in items if "=" not in i]
+    overrides = [i for i in items if "=" in i]
+    try:
+        jobs, splits = rs.plan(rs.find_runs(runs, db, all_runs=all_runs), overrides, db=db)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    try:
+        with contextlib.redirect_stdout(sys.stderr), Bars(enabled=not quiet) as bars:
+            recs = rs.rescore_all(jobs, splits, bars)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+    except (FloatingPointError, OSError) as exc:
+        _fail(failure_line(exc), status=1)
+    if as_json:
+        click.echo(json.dumps(recs, indent=2, default=str))
+        return
+    out = stdout_console()
+    for rec in recs:
+        out.print(_rescore_table(rec))
+
+
+def _rescore_table(rec: dict) -> Table:
+    """Old and new numbers of one re-scored run."""
+    m, how = rec["metrics"], rec["rescore"]
+    old = how["from_metrics"]
+    cfg = rec["config"]
+    t = Table(title=f"run {rec['rescored_from']} re-scored as {rec['run_id']}: {cfg['attack']['name']} vs "
+                    f"{rec['defense_label']} on {cfg['dataset']['name']} (preset {cfg['preset']}, seed {cfg['seed']})",
+              caption=f"target acc {how['target_acc']}; grid {rec.get('grid')}")
+    for col in ("metric", "before", "now"):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    keys = ["target_acc", "eval_acc", "attack_acc",
+            *[f"attack_acc_{j}" for j in (m.get("judges") or {}) if j != "eval"], "consensus_acc",
+            "attack_acc_pixel_nn"]
+    for k in keys:
+        t.add_row(k, pct(old.get(k)), pct(m.get(k)))
+    for j, res in (m.get("judges") or {}).items():
+        t.add_row(f"{j} rejected", pct(how.get("from_rejected", {}).get(j)), pct(res["rejected"]))
+    return t
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})

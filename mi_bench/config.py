@@ -431,18 +431,61 @@ def compose(tokens: list[str] | tuple[str, ...] = ()) -> RunConfig:
     cfg.preset = preset
     cfg.recipe = recipe
 
-    if dotted:
-        keys = [t.split("=", 1)[0] for t in dotted]
-        _check_keys(cfg, keys, "command line")
-        try:
-            patch = OmegaConf.from_dotlist(list(dotted))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
-        cfg = _merge(cfg, patch, "command line")
-        for key in ("defense.name", "attack.name", "preset", "dataset.name"):
-            if key in keys:
-                raise ConfigError(f"set '{key}' through the group ('{key.split('.')[0]}=...'), not as a field")
+    cfg = _apply_dotted(cfg, dotted)
+    return _validated(cfg)
 
+
+def _apply_dotted(cfg: DictConfig, dotted: list[str]) -> DictConfig:
+    """Dotted ``key=value`` overrides from the command line, checked and merged."""
+    if not dotted:
+        return cfg
+    keys = [t.split("=", 1)[0] for t in dotted]
+    _check_keys(cfg, keys, "command line")
+    try:
+        patch = OmegaConf.from_dotlist(list(dotted))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
+    cfg = _merge(cfg, patch, "command line")
+    for key in ("defense.name", "attack.name", "preset", "dataset.name"):
+        if key in keys:
+            raise ConfigError(f"set '{key}' through the group ('{key.split('.')[0]}=...'), not as a field")
+    return cfg
+
+
+def from_record(config: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), *,
+                origin: str = "record", allowed: tuple[str, ...] | None = None) -> RunConfig:
+    """The validated :class:`RunConfig` of a stored record's resolved ``config`` dict (schema
+    defaults fill fields added since it was written), with dotted ``key=value`` ``overrides``.
+
+    ``allowed``: the only keys the overrides may set (``judge.*`` = every key under ``judge``);
+    any other is refused with a :class:`ConfigError` naming them (``mi-bench rescore``)."""
+    if not isinstance(config, dict) or not isinstance(config.get("defense"), dict) \
+            or not isinstance(config.get("attack"), dict):
+        raise ConfigError(f"{origin}: its config is not a resolved mi-bench config (no defense/attack sections)")
+    groups, dotted = parse_overrides(list(overrides))
+    if groups:
+        raise ConfigError(f"{', '.join(f'{k}=' for k in groups)} cannot be changed here: "
+                          f"it selects what was run; {origin} keeps its own")
+    if allowed is not None:
+        for tok in dotted:
+            key = tok.split("=", 1)[0]
+            if not any(key == a or (a.endswith(".*") and key.startswith(a[:-1])) for a in allowed):
+                raise ConfigError(f"'{key}' cannot be changed here (it changes what was run, not how it "
+                                  f"is scored); allowed: {', '.join(allowed)}")
+    try:
+        defense_cls = DEFENSES.get(config["defense"].get("name", ""))
+        attack_cls = ATTACKS.get(config["attack"].get("name", ""))
+    except RegistryError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    cfg: DictConfig = OmegaConf.structured(RunConfig)
+    cfg.defense = OmegaConf.structured(defense_cls.Config)
+    cfg.attack = OmegaConf.structured(attack_cls.Config)
+    cfg = _merge(cfg, config, origin)
+    return _validated(_apply_dotted(cfg, dotted))
+
+
+def _validated(cfg: DictConfig) -> RunConfig:
+    """The dataclass of a merged config, every range, choice and cross-field rule checked."""
     try:
         run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as exc:

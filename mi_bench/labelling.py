@@ -82,6 +82,20 @@ def load_labels(run_folder: str | Path) -> dict[int, dict[str, Any]]:
         raise ArtifactError(f"{path} is not a readable labels file ({exc}); move it away and relabel") from None
 
 
+def copy_labels(source_folder: str | Path, folder: str | Path, run_id: str) -> int:
+    """Copy the human labels of one run folder to another holding the same reconstructions
+    (``mi-bench rescore``), under the source's lock; returns how many were copied."""
+    src = labels_path(source_folder)
+    if not src.is_file():
+        return 0
+    with FileLock(str(src) + ".lock", timeout=30):
+        labels = load_labels(source_folder)
+    data = {"run_id": run_id, "format": 1, "copied_from": str(source_folder),
+            "labels": {str(k): v for k, v in sorted(labels.items())}}
+    _atomic_write(labels_path(folder), lambda p: Path(p).write_text(json.dumps(data, indent=1)))
+    return len(labels)
+
+
 def save_label(run_folder: str | Path, run_id: str, index: int, label: str, labeller: str = "") -> int:
     """Store one label under the run folder's file lock; returns how many items are labelled."""
     if label not in CHOICES:

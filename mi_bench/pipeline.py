@@ -21,6 +21,10 @@ lock, so concurrent runs that need it train it once.
 Storing: before any training the results database, the results folder and the cache are checked
 (``results.preflight``); at the end the record is written as ``record.json`` in the run folder
 first, then indexed in the database, so a finished run never loses its record.
+
+Scoring (``Runner.score``, one code path for ``run`` and ``rescore``): the reconstructions are
+rounded to 8 bits first - the images saved in the run folder - so ``mi-bench rescore``
+(``Runner.rescore``, ``mi_bench.rescore``) of an unchanged run reproduces its numbers exactly.
 """
 
 from __future__ import annotations
@@ -44,14 +48,18 @@ from mi_bench.artifacts import (
 from mi_bench.config import RunConfig, config_hash, stable_hash, to_dict
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
 from mi_bench.diversity import DIVERSITY_PROTOCOL, diversity
-from mi_bench.interfaces import Attack, Defense
+from mi_bench.interfaces import Attack, Defense, Inversion
 from mi_bench.judges import JUDGE_PROTOCOL, NONE, Judge, JudgeRecipe, describe, health, score_judges
+from mi_bench.labelling import copy_labels
 from mi_bench.metrics import _embed, metrics_protocol, score_inversion
 from mi_bench.models import build_model
 from mi_bench.params import prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
 from mi_bench.results import ResultStore, ResultsError, json_safe, preflight
-from mi_bench.runs import GRID, run_dir, save_reconstructions, write_record
+from mi_bench.runs import (
+    GRID, RECONSTRUCTIONS, copy_reconstructions, load_reconstructions, quantize, run_dir,
+    save_reconstructions, write_record,
+)
 from mi_bench.runtime import NULL_BARS, Accel, Bars, configure_device, resolve_device, set_threads
 from mi_bench.train import accuracy, train_classifier
 from mi_bench.viz import save_grid
@@ -62,6 +70,15 @@ log = logging.getLogger(__name__)
 TARGET_VERSION = "1"
 EVALUATOR_VERSION = "3"  # 2: K + 1 outputs, the last a "none" class trained on junk; 3: background noise
 JUDGE_VERSION = "2"  # 2: background noise on real training images (judge.noise_*)
+RECONSTRUCTIONS_NOTE = ("scored as saved in reconstructions.safetensors: 8-bit (uint8 / 255); records "
+                        "without this note scored the attack's float images")
+# metrics of the old record kept in a re-scored record's ``rescore.from_metrics``
+RESCORE_COMPARED = ("target_acc", "eval_acc", "attack_acc", "attack_acc_resnet", "attack_acc_robust",
+                    "consensus_acc", "attack_acc_pixel_nn")
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
 def defense_label(defense_cfg: Any, recipe: str = "") -> str:
@@ -311,13 +328,17 @@ class Runner:
         return tensors
 
     # -- whole run ----------------------------------------------------------------------------
+    def _splits(self) -> DataSplits:
+        t0 = time.perf_counter()
+        splits = load_splits(self.cfg.dataset, resolve_data_root(self.cfg.data_root), cache_dir=self.store.root)
+        self._timed("data", t0)
+        return splits
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         t_start = time.perf_counter()
-        run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-        t0 = time.perf_counter()
-        splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root), cache_dir=self.store.root)
-        self._timed("data", t0)
+        run_id = new_run_id()
+        splits = self._splits()
         classes = list(cfg.classes) or list(range(splits.num_private_classes))
         bad = [c for c in classes if not 0 <= c < splits.num_private_classes]
         if bad:
@@ -327,10 +348,8 @@ class Runner:
         preflight(cfg, index=self.index)  # before any training: where the results go is usable
         target = self.target(splits)
         judges = self.judges(splits)
-        evaluator = judges["eval"].model
         t0 = time.perf_counter()
         target_acc = accuracy(target, *splits.private_test)
-        eval_acc = judges["eval"].info["test_acc"]
         self._timed("utility", t0)
 
         attack_cls = ATTACKS.get(cfg.attack.name)
@@ -343,16 +362,40 @@ class Runner:
         t0 = time.perf_counter()
         inversion = attack.invert(target, prior, classes, seed=cfg.seed, progress=self.bars)
         self._timed("inversion", t0)
+        # scored as saved (8-bit), so `mi-bench rescore` of this run reproduces its numbers exactly
+        inversion = dataclasses.replace(inversion, images=quantize(inversion.images))
+        metrics = self.score(inversion, splits, judges, target_acc)
+        return self._store(run_id, t_start, splits, classes, inversion, judges, metrics,
+                           requirements=dataclasses.asdict(attack.requirements))
+
+    def score(self, inversion: Inversion, splits: DataSplits, judges: dict[str, Judge],
+              target_acc: float | None) -> dict[str, Any]:
+        """Every metric of one inversion, timed as the ``scoring`` stage: ``target_acc`` and
+        ``eval_acc`` first, then :func:`mi_bench.metrics.score_inversion` (the ``eval`` judge
+        is the evaluator), :func:`mi_bench.judges.score_judges` and per-class diversity. The one
+        scoring code of ``run`` and ``rescore``."""
+        cfg = self.cfg
         t0 = time.perf_counter()
-        metrics = score_inversion(inversion, evaluator, splits, device=self.device, options=cfg.eval,
-                                  store=self.store)
+        metrics = score_inversion(inversion, judges["eval"].model, splits, device=self.device,
+                                  options=cfg.eval, store=self.store)
         metrics.update(score_judges(judges, inversion.images, inversion.classes, splits.private_classes))
         self._diversity(metrics, inversion, splits, judges[cfg.judge.diversity_judge])
         self._timed("scoring", t0)
-        metrics = {"target_acc": target_acc, "eval_acc": eval_acc, **metrics}
+        return {"target_acc": target_acc, "eval_acc": judges["eval"].info["test_acc"], **metrics}
 
+    def _store(self, run_id: str, t_start: float, splits: DataSplits, classes: list[int],
+               inversion: Inversion, judges: dict[str, Judge], metrics: dict[str, Any], *,
+               requirements: dict[str, Any], source_folder: Path | None = None,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The run folder (reconstructions - saved, or copied from ``source_folder`` - and grid)
+        and the record: ``record.json`` first, then the database index. ``extra`` adds or
+        replaces record fields (``rescore``: the kept artifacts and stage times)."""
+        cfg = self.cfg
         out_dir = run_dir(cfg.results_dir, run_id)
-        save_reconstructions(out_dir, inversion.images, inversion.classes)
+        if source_folder is None:
+            save_reconstructions(out_dir, inversion.images, inversion.classes)
+        else:
+            copy_reconstructions(source_folder, out_dir)
         grid = self._grid(out_dir / GRID, splits, inversion, metrics)
         config = to_dict(cfg)
         record = {
@@ -376,19 +419,22 @@ class Runner:
                 "judges": {name: j.info for name, j in judges.items()},
                 "initialisation": {"target": init_statement(cfg.target),
                                    "evaluator": init_statement(cfg.evaluator)},
-                "attack_requirements": dataclasses.asdict(attack.requirements),
+                "attack_requirements": requirements,
+                "reconstructions": RECONSTRUCTIONS_NOTE,
             },
             "artifacts": self.artifacts,
             "trained": self.trained,
             "metrics": metrics,
             "defense_report": self.artifacts.get("target", {}).get("defense_report", {}),
             "stage_seconds": self.times,
-            "wall_seconds": round(time.perf_counter() - t_start, 3),
+            "wall_seconds": 0.0,
             "run_dir": str(out_dir),
             "grid": str(grid) if grid else None,
             "versions": versions(),
             "machine": machine(cfg, self.device, self.device_settings),
+            **(extra or {}),
         }
+        record["wall_seconds"] = round(time.perf_counter() - t_start, 3)
         record = json_safe(record)
         path = write_record(out_dir, record)  # first: the source of truth, never lost
         if self.index:
@@ -398,6 +444,89 @@ class Runner:
                 raise ResultsError(f"{exc} - the run's record is safe in {path}; index it later with "
                                    f"'mi-bench db sync --db {cfg.results_db} --runs {cfg.results_dir}'") from None
         return record
+
+    # -- re-scoring a stored run -----------------------------------------------------------------
+    def rescore(self, source: dict[str, Any], folder: Path, splits: DataSplits | None = None) -> dict[str, Any]:
+        """Score the reconstructions saved in run folder ``folder`` (of the record ``source``)
+        again, with this runner's judges (trained or loaded) and today's metric code, and store
+        a new record: its own run id and folder (a copy of the reconstructions, a new grid),
+        ``rescored_from`` = the old run id and ``rescore`` = how. The target, the prior and the
+        inversion are not re-run: their artifacts and stage times are the old record's; the
+        target accuracy is recomputed when the target is in the cache, else kept (and said).
+        ``splits``: the run's data, when the caller has loaded it already."""
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        run_id = new_run_id()
+        images, classes = load_reconstructions(folder)
+        old_id = source.get("run_id", "?")
+        attacked = (source.get("protocol") or {}).get("attacked_classes")
+        if attacked is not None and list(attacked) != list(classes):
+            raise ArtifactError(f"{folder / RECONSTRUCTIONS} holds classes {classes} but run {old_id} "
+                                f"attacked {attacked}: the folder does not belong to that record")
+        if splits is None:
+            splits = self._splits()
+        bad = [c for c in classes if not 0 <= c < splits.num_private_classes]
+        if bad:
+            raise ArtifactError(f"{folder / RECONSTRUCTIONS}: classes {bad} are not private classes of "
+                                f"{splits.name} ({splits.num_private_classes}); was the dataset config changed?")
+        preflight(cfg, index=self.index)
+        judges = self.judges(splits)
+        t0 = time.perf_counter()
+        target_acc, target_note = self._stored_target_acc(source, splits)
+        self._timed("utility", t0)
+        protocol = source.get("protocol") or {}
+        inversion = Inversion(images, classes, protocol=protocol.get("inversion") or {})
+        metrics = self.score(inversion, splits, judges, target_acc)
+        kept = ("target", "prior")
+        artifacts = {**{k: v for k, v in (source.get("artifacts") or {}).items() if k in kept},
+                     **self.artifacts}
+        times = {k: v for k, v in (source.get("stage_seconds") or {}).items() if k in (*kept, "inversion")}
+        extra = {
+            "artifacts": artifacts,
+            "stage_seconds": {**times, **self.times},
+            "defense_report": source.get("defense_report", {}),
+            "rescored_from": old_id,
+            "rescore": {
+                "from": old_id, "from_created_at": source.get("created_at"), "from_run_dir": str(folder),
+                "from_metrics": {k: (source.get("metrics") or {}).get(k) for k in RESCORE_COMPARED},
+                "from_rejected": {j: r.get("rejected") for j, r in
+                                  ((source.get("metrics") or {}).get("judges") or {}).items()},
+                "reconstructions": f"read from {folder / RECONSTRUCTIONS} as uint8 (x / 255): "
+                                   + ("the images the run scored" if "reconstructions" in protocol else
+                                      "the run scored its float images before saving them, so its "
+                                      "numbers can differ by 8-bit rounding (at most 1/510 a pixel)"),
+                "target_acc": target_note,
+                "kept": "target, prior and inversion: artifacts, stage times and inversion protocol of "
+                        f"run {old_id}; stage times of the judges, utility and scoring are this re-scoring's",
+            },
+        }
+        record = self._store(run_id, t_start, splits, classes, inversion, judges, metrics,
+                             requirements=protocol.get("attack_requirements") or {}, source_folder=folder,
+                             extra=extra)
+        copy_labels(folder, Path(record["run_dir"]), run_id)
+        return record
+
+    def _stored_target_acc(self, source: dict[str, Any], splits: DataSplits) -> tuple[float | None, str]:
+        """The target's private-test accuracy, recomputed from the cached target artifact that
+        the run attacked (nothing is trained); the old value when it is not in the cache."""
+        info = (source.get("artifacts") or {}).get("target") or {}
+        key = str(info.get("key", ""))
+        old = (source.get("metrics") or {}).get("target_acc")
+        why = f"kept from run {source.get('run_id')}"
+        if not key or key.startswith("file:"):
+            return old, f"{why}: the target was a user checkpoint ({info.get('path', '?')})"
+        if not self.store.exists("target", key):
+            return old, f"{why}: target {key} is not in the cache {self.store.root}"
+        try:
+            state, _ = self.store.load("target", key)
+            model = _make_defense(self.cfg, splits).build_model(_target_factory(self.cfg, splits)())
+            model.load_state_dict(state)
+        except (ArtifactError, RuntimeError) as exc:
+            return old, f"{why}: cached target {key} could not be loaded ({str(exc).splitlines()[0]})"
+        acc = accuracy(model.to(self.device).eval(), *splits.private_test)
+        if old is not None and abs(acc - old) > 1e-6:
+            log.warning("target %s: accuracy %.4f now, %.4f in run %s", key, acc, old, source.get("run_id"))
+        return acc, f"recomputed with the cached target {key} (run {source.get('run_id')}: {old})"
 
     def _lpips_pairwise(self) -> dict[str, Any]:
         """LPIPS as a diversity distance (built on first use with the run's ``eval`` options; its

@@ -24,6 +24,9 @@ Data functions (plain dicts/lists, no formatting; renderers build on them):
   that failed (``failed_reasons``) or are absent by design (``absent_reasons``;
   :func:`missing_metrics`), and ``variant``: how it differs from entries with the same defense
   label (``attack.restarts=3``), else empty.
+* :func:`current` - the records minus those re-scored by another record (``rescored_from``,
+  ``mi-bench rescore``): the leaderboard, :func:`baseline_margins` and :func:`defense_effects`
+  use it, so a run and its re-scored version are never counted twice (the re-scored one wins).
 * :func:`select` - entries (of any of these functions) of given datasets, attacks, defenses,
   presets; :func:`sections` groups entries under dataset / protocol / attack / preset headings.
 * :func:`baseline_margins` - per real attack, its margin over the ``random`` and ``pixel``
@@ -357,6 +360,20 @@ def _interval(recs: list[dict[str, Any]], m: str) -> list[float] | None:
     return None
 
 
+def superseded(records: Iterable[dict[str, Any]]) -> set[str]:
+    """Run ids re-scored by a record of ``records`` (its ``rescored_from``; ``mi-bench rescore``)."""
+    return {r["rescored_from"] for r in records if r.get("rescored_from")}
+
+
+def current(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` without those re-scored by another record among them: a run and its
+    re-scored version hold the same reconstructions, so the leaderboard, the margins and the
+    defense effects count them once, with the re-scored numbers. (Two re-scorings of one run
+    with different judge settings are two configurations, each shown as a variant.)"""
+    gone = superseded(records)
+    return [r for r in records if r["run_id"] not in gone] if gone else records
+
+
 def judge_names(records: list[dict[str, Any]]) -> list[str]:
     """Judges seen in ``records``, eval first (older records have none besides the evaluator)."""
     names: list[str] = []
@@ -375,9 +392,9 @@ def leaderboard(records: list[dict[str, Any]], *, labels: bool = True) -> list[d
     """One entry per (config without seed): every metric's mean over seeds (the latest run of
     each seed), its standard error (``_se``) and 95% interval (``_ci``); judges, consensus,
     diversity; with ``labels``, the human check of labelled runs (reads ``labels.json`` in the
-    run folders)."""
+    run folders). A record re-scored by another one is left out (:func:`current`)."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
+    for r in current(records):
         groups.setdefault(r["group_hash"], []).append(r)
     rows = []
     configs = []
@@ -564,7 +581,10 @@ def baseline_margins(records: list[dict[str, Any]], *, robust_judge: str = "robu
     is used. Margin (attack acc - baseline acc): over two or more matched seeds the mean of the
     paired differences with a Student-t 95% interval; for one, Newcombe's hybrid score interval.
     ``beats_pixel_robust`` is False (and ``flag`` says so) when the margin over ``pixel`` under
-    the robust judge has a lower bound <= 0; None when that comparison is impossible."""
+    the robust judge has a lower bound <= 0; None when that comparison is impossible. Records
+    re-scored by another one are left out (:func:`current`)."""
+    records = current(records)
+
     def key(r):
         cfg = r["config"]
         return (cfg["dataset"]["name"], cfg["dataset"]["protocol"], cfg["preset"],
@@ -815,10 +835,11 @@ def defense_effects(records: list[dict[str, Any]], metric: str = "attack_acc") -
     has ``recipe == ""`` (with several, the one with the most seeds), the matched one has the
     defended entry's exact ``target`` section (the same optimiser, lr, schedule, epochs, batch,
     sampler and drop-last). When the defense trains with the baseline's recipe the two are the
-    same entry (``matched_is_published``). ``verdict``: see :func:`_verdict`.
+    same entry (``matched_is_published``). ``verdict``: see :func:`_verdict`. Records re-scored
+    by another one are left out (:func:`current`).
     """
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
+    for r in current(records):
         groups.setdefault(r["group_hash"], []).append(r)
     entries = []
     for recs in groups.values():

@@ -9,8 +9,9 @@ Everything a run writes lives in one folder named by its run id:
 * ``grid.png``                  reconstructions next to real private images (``mi_bench.viz``);
 * ``reconstructions.safetensors`` the kept reconstructions as uint8 (``images``: classes x
                                 samples x C x H x W) and the attacked class indices (``classes``),
-                                so judges, human labelling and reports can look at them later
-                                without re-running the attack.
+                                so judges, human labelling, reports and ``mi-bench rescore``
+                                can look at them later without re-running the attack. The
+                                pipeline scores exactly these 8-bit images (:func:`quantize`).
 
 Writes are atomic (``mi_bench.fsutil.atomic_write``), so a killed run never leaves a
 half-written file; its temporary files are removed by the next run (``sweep_tmp``).
@@ -61,17 +62,37 @@ def read_record(path: Path) -> dict[str, Any]:
         raise ResultsError(f"run record {path} is unreadable ({exc}); move it aside and re-run its cell") from None
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as uint8 (round to the nearest of 256 levels), on the CPU."""
+    import torch
+
+    return (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """``images`` as they are saved and read back (``to_uint8(x) / 255``, float32, on their
+    device): the pipeline scores these, so a re-scored run sees exactly the images its first
+    scoring saw."""
+    return (to_uint8(images).float() / 255.0).to(images.device)
+
+
 def save_reconstructions(folder: Path, images: torch.Tensor, classes: list[int]) -> Path:
     """Store ``images`` (classes x samples x C x H x W in [0, 1]) as uint8 with their classes."""
     import torch
     from safetensors.torch import save_file
 
     path = Path(folder) / RECONSTRUCTIONS
-    tensors = {
-        "images": (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous(),
-        "classes": torch.tensor(list(classes), dtype=torch.int64),
-    }
+    tensors = {"images": to_uint8(images), "classes": torch.tensor(list(classes), dtype=torch.int64)}
     atomic_write(path, lambda p: save_file(tensors, p))
+    return path
+
+
+def copy_reconstructions(source: Path, folder: Path) -> Path:
+    """Copy a run folder's ``reconstructions.safetensors`` (byte for byte, atomically) into ``folder``."""
+    import shutil
+
+    path = Path(folder) / RECONSTRUCTIONS
+    atomic_write(path, lambda p: shutil.copyfile(Path(source) / RECONSTRUCTIONS, p))
     return path
 
 
