@@ -520,10 +520,17 @@ NON_SEMANTIC = ("threads", "device", "compile", "tf32", "data_root", "cache_dir"
 HASH_NEUTRAL_DEFAULTS = {"amp": "off"}
 
 
+def semantic_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A resolved config (as a dict) without its non-semantic fields, ``drop``, and the fields
+    that are hash-neutral at their default - so records written before such a field existed
+    compare equal to records written after, at the default."""
+    return {k: v for k, v in config.items() if k not in NON_SEMANTIC + drop
+            and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+
+
 def config_hash(config: dict[str, Any], drop: tuple[str, ...] = ()) -> str:
     """Hash of a resolved config (as a dict) without its non-semantic fields and ``drop``."""
-    return stable_hash({k: v for k, v in config.items() if k not in NON_SEMANTIC + drop
-                        and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])})
+    return stable_hash(semantic_config(config, drop))
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

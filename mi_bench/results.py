@@ -789,8 +789,9 @@ _EFFECT_FREE = ("seed", "defense", "recipe", "target", "threads", "device", "dat
 def _context(cfg: dict[str, Any]) -> str:
     """What must be equal between a defended entry and its baselines: everything but the
     defense, the target's training recipe, the seed and where/how fast it ran."""
-    blob = json.dumps({k: v for k, v in cfg.items() if k not in _EFFECT_FREE}, sort_keys=True,
-                      default=str)
+    from mi_bench.config import semantic_config
+
+    blob = json.dumps(semantic_config(cfg, drop=_EFFECT_FREE), sort_keys=True, default=str)
     return blob
 
 

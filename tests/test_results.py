@@ -186,3 +186,20 @@ def test_defense_effects_against_published_and_matched_baselines():
     full = render(rows, "markdown", effects=defense_effects(recs))
     assert full.index("## Defense effect vs baselines") > full.index("evaluation model")
     assert "Defense effect" not in render(rows, "markdown")
+
+
+def test_defense_effects_match_records_written_before_a_hash_neutral_field_existed():
+    """A defended entry recorded before `amp`/`tf32`/`compile` existed still finds the matched
+    baseline recorded after (at their defaults they do not change what a run computes)."""
+    from mi_bench.results import defense_effects
+
+    recs = []
+    for s, (b, c, m) in enumerate([(0.25, 0.56, 0.27), (0.35, 0.60, 0.58), (0.30, 0.58, 0.40)]):
+        recs.append(_effect_rec("bido", "bido[measure=coco]", TARGET_ADAM, s, b))
+        for rec in (_effect_rec("none", "none", TARGET_SGD, s, c),
+                    _effect_rec("none", "none[recipe=bido]", TARGET_ADAM, s, m, recipe="bido")):
+            rec["config"].update(amp="off", tf32=True, compile="off")
+            recs.append(rec)
+    (bido,) = defense_effects(recs)
+    assert bido["matched"]["defense"] == "none[recipe=bido]"
+    assert bido["verdict"] == "vanishes vs matched"
