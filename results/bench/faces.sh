@@ -4,6 +4,7 @@
 #   bash results/bench/faces.sh cpu   # LFW, preset=cpu, one thread: GMI, KED-MI, PLG-MI and the
 #                                     # random/pixel baselines against none and bido
 #                                     # -> results/bench/faces.{md,records.jsonl}
+#   ATTACKS="gmi kedmi" bash results/bench/faces.sh cpu   # a subset of the attacks
 #   bash results/bench/faces.sh gpu   # CelebA, preset=paper, one undefended run per attack, CUDA
 #
 # cpu: 6 runs. Estimated from component timings taken on this 2-core machine while others were
@@ -35,7 +36,7 @@ if [ "$mode" = cpu ]; then
   # defense within 10 minutes" check); KED-MI and PLG-MI train a prior per target. Then the
   # calibration baselines (issue 12): `random` (best of N samples of GMI's cached prior) and
   # `pixel` (GAN-free gradient inversion from public faces), against the same targets.
-  for attack in gmi kedmi plgmi random pixel; do
+  for attack in ${ATTACKS:-gmi kedmi plgmi random pixel}; do
     for defense in none bido; do
       start=$(date +%s)
       mi-bench run dataset=lfw preset=cpu threads=1 attack=$attack defense=$defense $OUT

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from mi_bench.results import ResultStore, baseline_margins, human_check, leaderboard, render
+from mi_bench.results import ResultStore, baseline_margins, current, human_check, leaderboard, render
 from mi_bench.stats import newcombe_interval
 
 GRIDS = Path("results/bench/grids/judges")
@@ -36,7 +36,8 @@ def main(db: str, defenses: str = "") -> None:
     keep = set(filter(None, defenses.split(";")))
     records = sorted((r for r in ResultStore(db).records() if not keep or r["defense_label"] in keep),
                      key=lambda r: r["created_at"])
-    latest = {key(r): r for r in records}  # one run per dataset/defense/attack (seed 0)
+    # one run per dataset/defense/attack: target seed 0, its latest (re-)scoring
+    latest = {key(r): r for r in current(records) if r["config"]["seed"] == 0}
     judges = ["eval", "resnet", "robust"]
     out = [f"# Judges, baselines and the human check (issue 12)\n",
            f"Command: `bash results/bench/judges.sh` -> `{db}`; this report: "
@@ -100,16 +101,23 @@ def main(db: str, defenses: str = "") -> None:
 
     out += ["", "## Human check\n"]
     rows = []
-    for k, r in sorted(latest.items()):
-        h = human_check([r])
+
+    def human_row(name: str, runs: list[dict]) -> None:
+        h = human_check(runs)
         if h and h["n_labelled"]:
             best = max(h["judges"], key=lambda j: h["judges"][j]["agreement"] or 0)
-            rows.append(f"| {' / '.join(k)} | {h['n_labelled']} ({h['n_unsure']} unsure) | "
+            rows.append(f"| {name} | {h['n_labelled']} ({h['n_unsure']} unsure) | "
                         f"{pct(h['acc'], h['acc_ci'])} | "
                         + " | ".join(f"{pct(h['judges'][j]['agreement'])} / {pct(h['judges'][j]['fpr'])}"
                                      if j in h["judges"] else "-" for j in judges) + f" | {best} |")
+
+    labelled = [r for r in current(records) if human_check([r])]
+    for r in sorted(labelled, key=key):
+        human_row(f"{' / '.join(key(r))} (seed {r['config']['seed']}, {r['run_id']})", [r])
+    if len(labelled) > 1:
+        human_row("**all labelled runs, pooled**", labelled)
     if rows:
-        out += ["Agreement with the person / false-positive rate against the person, per judge (%).\n",
+        out += ["Agreement with the person / false-positive rate against the person, per judge (%); `unsure` labels are left out of both.\n",
                 "| run | labelled | human acc % | " + " | ".join(judges) + " | closest judge |",
                 "|" + "---|" * (4 + len(judges))] + rows
     else:
