@@ -57,6 +57,12 @@ def args():
     return p.parse_args()
 
 
+def _rel(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
 def stratified(n_cls: int, per_class_total: list[int], k: int, g: torch.Generator) -> list[torch.Tensor]:
     """k random indices (without replacement) within each class."""
     return [torch.randperm(t, generator=g)[:min(k, t)] for t in per_class_total]
@@ -98,7 +104,7 @@ def main() -> None:
     t1 = time.perf_counter()
     images, classes = load_reconstructions(rec["run_dir"])  # (classes, samples, C, H, W)
     splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root))
-    evaluator = Runner(cfg).evaluator(splits)
+    evaluator = Runner(cfg).judges(splits)["eval"].model  # the evaluation model (cached by the run)
     size = splits.image_shape[-1]
     x_tr, y_tr = splits.private_train
     x_te, y_te = splits.private_test
@@ -162,7 +168,7 @@ def main() -> None:
     cmd = "MI_BENCH_CACHE=/tmp/mi-bench-bench-cache python results/bench/fid_samples.py" + (" --smoke" if a.smoke else "")
     lines = ["# FID, KID and lpips_nn against the number of reconstructions", "",
              f"Command: `{cmd}`  ",
-             f"Run {rec['run_id']} (`{' '.join(tokens[:5])}`; grid `{rec['grid']}`), "
+             f"Run {rec['run_id']} (`{' '.join(tokens[:5])}`; grid `{_rel(rec['grid'])}`), "
              f"{n_cls * n_s} reconstructions; distances to the {len(x_tr)} private training images. "
              f"Run {run_seconds:.0f} s ({'reused' if old else 'computed'}), metrics {metrics_seconds:.0f} s; "
              f"torch {versions()['torch']}, device {cfg.device}, 1 thread.", "",

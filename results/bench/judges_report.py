@@ -17,6 +17,7 @@ from mi_bench.results import ResultStore, baseline_margins, current, human_check
 from mi_bench.stats import newcombe_interval
 
 GRIDS = Path("results/bench/grids/judges")
+LABELS = Path("results/bench/labels")  # copies of the human labels (<run folder>/labels.json)
 LABEL_ATTACKS = ("gmi", "kedmi", "plgmi", "random", "pixel")
 
 
@@ -112,12 +113,16 @@ def main(db: str, defenses: str = "") -> None:
                                      if j in h["judges"] else "-" for j in judges) + f" | {best} |")
 
     labelled = [r for r in current(records) if human_check([r])]
+    # the labels themselves are data: keep a copy beside the report (run folders are not in git)
+    LABELS.mkdir(parents=True, exist_ok=True)
+    for r in labelled:
+        shutil.copyfile(Path(r["run_dir"]) / "labels.json", LABELS / f"{r['run_id']}.labels.json")
     for r in sorted(labelled, key=key):
         human_row(f"{' / '.join(key(r))} (seed {r['config']['seed']}, {r['run_id']})", [r])
     if len(labelled) > 1:
         human_row("**all labelled runs, pooled**", labelled)
     if rows:
-        out += ["Agreement with the person / false-positive rate against the person, per judge (%); `unsure` labels are left out of both.\n",
+        out += ["Agreement with the person / false-positive rate against the person, per judge (%); `unsure` labels are left out of both. The labels: `results/bench/labels/<run_id>.labels.json`.\n",
                 "| run | labelled | human acc % | " + " | ".join(judges) + " | closest judge |",
                 "|" + "---|" * (4 + len(judges))] + rows
     else:
