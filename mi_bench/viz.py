@@ -50,9 +50,13 @@ def save_grid(
                 ax.set_xlabel(str(predictions[i][k]), fontsize=6)
                 if i == 0 and k == 0:
                     ax.set_title("reconstructions", fontsize=7, loc="left")
-        axes[i, 0].set_ylabel(class_names[i], fontsize=8)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+        name = class_names[i]
+        longest = max((len(line) for line in name.splitlines()), default=0)
+        axes[i, 0].set_ylabel(name, fontsize=8 if longest <= 18 else 6)  # people's names are long
+    fig.suptitle(title, fontsize=8, y=1 - 0.08 / fig.get_figheight())
+    # keep a fixed strip for the (two-line) title: a fraction of the height would shrink to
+    # nothing on tall grids (faces: 62 rows) and the first row would cover the title
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
