@@ -812,8 +812,10 @@ def _compare(defended: list[float], base: list[float]) -> dict[str, Any]:
 
 
 def _verdict(pub: dict[str, Any] | None, mat: dict[str, Any] | None) -> str:
-    """``holds`` / ``vanishes vs matched`` / ``only vs matched`` / ``no effect`` / ``n/a: ...``.
-    An effect is a drop in attack accuracy whose 95% interval lies below 0."""
+    """``holds`` / ``vanishes vs matched`` / ``only vs matched`` / ``raises vs matched`` /
+    ``no effect`` / ``n/a: ...``. An effect is a drop in attack accuracy whose 95% interval lies
+    below 0; ``raises vs matched``: the interval against the matched baseline lies above 0 (the
+    defended target leaks more than the same recipe without the defense)."""
     if pub is None or mat is None:
         return "n/a: " + ("no published baseline" if pub is None else "no matched baseline")
     if pub["delta_ci"] is None or mat["delta_ci"] is None:
@@ -823,7 +825,9 @@ def _verdict(pub: dict[str, Any] | None, mat: dict[str, Any] | None) -> str:
         return "holds"
     if drop_pub:
         return "vanishes vs matched"
-    return "only vs matched" if drop_mat else "no effect"
+    if drop_mat:
+        return "only vs matched"
+    return "raises vs matched" if mat["delta_ci"][0] > 0 else "no effect"
 
 
 def defense_effects(records: list[dict[str, Any]], metric: str = "attack_acc") -> list[dict[str, Any]]:
@@ -892,7 +896,8 @@ EFFECTS_NOTE = (
     "with the defense's recipe (identical `target` section: optimiser, lr, schedule, epochs, "
     "batch, sampler, drop-last), e.g. `defense=none recipe=bido`. Verdict: *holds* = the "
     "interval lies below 0 against both; *vanishes vs matched* = below 0 against the published "
-    "baseline only, so the recipe, not the defense, explains the drop."
+    "baseline only, so the recipe, not the defense, explains the drop; *raises vs matched* = above "
+    "0 against the matched baseline: the defended target leaks more."
 )
 
 
@@ -910,7 +915,7 @@ def _delta(c: dict[str, Any] | None) -> str:
 
 
 def effects_rows(effects: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of the defense-effect table (the verdict ``vanishes vs matched`` in bold)."""
+    """Header and cells of the defense-effect table (the verdicts ``vanishes vs matched`` and ``raises vs matched`` in bold)."""
     headers = ["dataset", "protocol", "attack", "preset", "defense", "seeds", "attack acc %",
                "published baseline", "Δ vs published (pp)", "matched baseline",
                "Δ vs matched (pp)", "verdict"]
@@ -926,7 +931,7 @@ def effects_rows(effects: list[dict[str, Any]]) -> tuple[list[str], list[list[st
         body.append([r["dataset"], r["protocol"], r["attack"], r["preset"], r["defense"],
                      ",".join(map(str, r["seeds"])), _pct(r["value"]), base("published"),
                      _delta(r.get("published")), base("matched"), _delta(r.get("matched")),
-                     f"**{verdict}**" if verdict == "vanishes vs matched" else verdict])
+                     f"**{verdict}**" if verdict in ("vanishes vs matched", "raises vs matched") else verdict])
     return headers, body
 
 
