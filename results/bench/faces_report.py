@@ -33,7 +33,7 @@ def grid_copy(r: dict) -> str:
     GRIDS.mkdir(parents=True, exist_ok=True)
     name = f"{r['config']['attack']['name']}-{r['config']['defense']['name']}.png"
     with Image.open(src) as im:
-        h = min(im.height, int(DPI * (TITLE_IN + ROWS * ROW_IN + 0.15)))
+        h = min(im.height, int(DPI * (TITLE_IN + (ROWS + 0.55) * ROW_IN)))  # + headers and labels
         im.convert("RGB").crop((0, 0, im.width, h)).quantize(colors=256).save(GRIDS / name, optimize=True)
     return f"grids/faces/{name}"
 
