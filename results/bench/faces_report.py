@@ -59,7 +59,10 @@ def main(db: str) -> None:
           f"{d['counts']}. Evaluation: {d['evaluation_domain']}. Preprocessing: "
           f"{d['preprocessing']['private']}. Chance = {100 / len(d['private_classes']):.1f}%.\n")
     by_id = {r["run_id"]: r for r in recs}
-    runs = current(recs)
+    order = ["gmi", "kedmi", "plgmi", "random", "pixel"]
+    runs = sorted(current(recs), key=lambda r: (order.index(r["config"]["attack"]["name"])
+                                                if r["config"]["attack"]["name"] in order else 99,
+                                                r["config"]["defense"]["name"] != "none"))
     print("| attack | defense | preset | target acc | eval acc | attack acc (eval) [95% CI] | resnet | robust | "
           "consensus | top-5 | pixel-NN | KNN dist | FID (E) | KID (E) | FID (Inception) | n | stage seconds | wall | grid |")
     print("|" + "---|" * 19)

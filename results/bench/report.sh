@@ -23,9 +23,14 @@ for name in "${names[@]}"; do
   mi-bench leaderboard --records "$rec" --format markdown -o "$md" --plot "results/bench/${name}_tradeoff.png"
   mi-bench leaderboard --records "$rec" --format csv -o "results/bench/$name.csv"
 done
-# the HTML report always covers every benchmark's records
+# the HTML report covers the current benchmarks (fidelity.sh + judges.sh, faces.sh); REPORT_ALL=1
+# adds the earlier ones (results/README.md, "Earlier benchmarks": other recipes, no judges)
 sources=()
-for rec in results/bench/*.records.jsonl; do sources+=(--records "$rec"); done
+if [ "${REPORT_ALL:-0}" = 1 ]; then
+  for rec in results/bench/*.records.jsonl; do sources+=(--records "$rec"); done
+else
+  for name in fidelity faces; do sources+=(--records "results/bench/$name.records.jsonl"); done
+fi
 shot=()
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && python -c "import selenium" 2>/dev/null; then
   shot=(--screenshot results/report.png)
