@@ -12,7 +12,9 @@
 #     source .devpack/setup.sh && bash results/bench/gpu.sh tests      # ~1-2 min: pytest -m gpu
 # Outputs go to $OUT (the device tool brings them back): gpu.md, gpu.records.jsonl,
 # gpu_jobs.log, gpu_grids.tar.gz (table); profile.md, profile_gmi.txt, profile_bido.txt
-# (profile); gpu_tests.txt (tests). Copy them to results/bench/ and say which GPU they came from
+# (profile; rewritten after every measurement, so a run cut short keeps what it measured;
+# GPU_PROFILE_BUDGET=420 s, after which the remaining variants are skipped - the compile
+# variants come last); gpu_tests.txt (tests). Copy them to results/bench/ and say which GPU they came from
 # (each file names it).
 #
 # The table (results/bench/gpu_run.py): `preset=paper dataset=mnist`; GMI against none,
@@ -54,7 +56,7 @@ case "$mode" in
     python3 results/bench/gpu_run.py "$OUT" "${args[@]}"
     ;;
   profile)
-    args=(--out "$OUT")
+    args=(--out "$OUT" --budget "${GPU_PROFILE_BUDGET:-420}")
     [ "$smoke" = 1 ] && args+=(--smoke)
     python3 results/bench/gpu_profile.py "${args[@]}"
     ;;

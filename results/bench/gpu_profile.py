@@ -36,7 +36,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the script)")
-    p.add_argument("--budget", type=float, default=420.0)
+    p.add_argument("--budget", type=float, default=420.0, help="seconds; later variants are skipped after it")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
 
@@ -52,11 +52,13 @@ def main() -> None:
     base = compose([f"preset={preset}", "dataset=mnist"])
     splits = load_splits(base.dataset, resolve_data_root(""))
     info = machine(base, dev, settings)
-    rows: list[tuple[str, str, str]] = []  # (what, measured, target)
+    rows = Rows(a.out / "profile.md")  # (what, measured, target); profile.md rewritten on each row
     lines = ["# Step rates alone on the GPU and profiles (issue 7): `bash results/bench/gpu.sh profile`", "",
              f"GPU: **{info.get('gpu', 'none (CPU smoke run)')}**; {info.get('backend', {})}; torch "
              f"{torch.__version__}; MNIST `{preset}` ({len(splits.private_train[1])} private training, "
              f"{len(splits.public[0])} public images).", ""]
+
+    rows.head = lines
 
     def budget_left() -> bool:
         return time.monotonic() - START < a.budget
@@ -92,20 +94,25 @@ def main() -> None:
 
     n_gmi = 5 if a.smoke else 200
     gmi_prior = None
-    for label, accel in (("float32 eager", Accel()), ("amp=bf16", Accel(amp="bf16")),
-                         ("compile=default", Accel(compile="default")),
-                         ("compile=reduce-overhead (CUDA graphs)", Accel(compile="reduce-overhead"))):
-        if not budget_left() or (a.smoke and "compile" in label):
-            rows.append((f"GMI prior, {label}", "skipped (budget)" if not a.smoke else "skipped (smoke)", "6 ms"))
-            continue
-        try:
-            ms, prior = prior_rate("gmi", accel, n=n_gmi, warm=3 if a.smoke else 20)
-            gmi_prior = gmi_prior or prior
-            rows.append((f"GMI prior, {label}", f"{ms:.2f} ms per generator step "
-                         f"(10,700 steps: {ms * 10.7:.0f} s)", "6 ms or less"))
-        except Exception as exc:  # noqa: BLE001 - reported
-            rows.append((f"GMI prior, {label}", f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "6 ms"))
-        torch._dynamo.reset()
+
+    def gmi_variants(variants) -> None:
+        nonlocal gmi_prior
+        for label, accel in variants:
+            if not budget_left() or (a.smoke and "compile" in label):
+                rows.append((f"GMI prior, {label}", "skipped (budget)" if not a.smoke else "skipped (smoke)", "6 ms"))
+                continue
+            try:
+                ms, prior = prior_rate("gmi", accel, n=n_gmi, warm=3 if a.smoke else 20)
+                gmi_prior = gmi_prior or prior
+                rows.append((f"GMI prior, {label}", f"{ms:.2f} ms per generator step "
+                             f"(10,700 steps: {ms * 10.7:.0f} s)", "6 ms or less"))
+            except Exception as exc:  # noqa: BLE001 - reported
+                rows.append((f"GMI prior, {label}",
+                             f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "6 ms"))
+            torch._dynamo.reset()
+
+    # compile variants come last (their compilation takes the longest; the budget may skip them)
+    gmi_variants((("float32 eager", Accel()), ("amp=bf16", Accel(amp="bf16"))))
 
     # profiler: 5 GMI generator steps (after the warm-up above)
     from torch.profiler import ProfilerActivity, profile
@@ -192,11 +199,31 @@ def main() -> None:
         rows.append((f"GMI inversion ({len(range(splits.num_private_classes)) * atk.cfg.samples_per_class * atk.cfg.restarts} latents)",
                      f"{ms:.2f} ms per iteration (1,500: {ms * 1.5:.0f} s)", "reported"))
 
-    lines += ["| what | measured | target (issue 7) |", "|---|---|---|"]
-    lines += [f"| {w} | {m} | {t} |" for w, m, t in rows]
-    lines += ["", f"Total {time.monotonic() - START:.0f} s. Profiler tables: `profile_gmi.txt`, `profile_bido.txt`."]
-    (a.out / "profile.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    gmi_variants((("compile=default", Accel(compile="default")),
+                  ("compile=reduce-overhead (CUDA graphs)", Accel(compile="reduce-overhead"))))
+    rows.tail = f"Total {time.monotonic() - START:.0f} s. Profiler tables: `profile_gmi.txt`, `profile_bido.txt`."
+    print(rows.write())
+
+
+class Rows(list):
+    """The profile's table rows; ``profile.md`` is rewritten on every row, so a run stopped at
+    its time limit still leaves what it measured."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path, self.head = path, []
+        self.tail = "Stopped before the end (time limit): the rows above are what was measured."
+
+    def append(self, row) -> None:
+        super().append(row)
+        print(" | ".join(row), flush=True)
+        self.write()
+
+    def write(self) -> str:
+        text = "\n".join([*self.head, "| what | measured | target (issue 7) |", "|---|---|---|",
+                          *(f"| {w} | {m} | {t} |" for w, m, t in self), "", self.tail]) + "\n"
+        self.path.write_text(text)
+        return text
 
 
 if __name__ == "__main__":
