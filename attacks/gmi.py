@@ -36,7 +36,7 @@ from mi_bench.attacks.gan import (
 from mi_bench.interfaces import Attack, AttackRequirements, Inversion
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import ATTACKS
-from mi_bench.runtime import gather, to_device
+from mi_bench.runtime import GraphedStep, gather, to_device
 
 log = logging.getLogger(__name__)
 
@@ -84,34 +84,53 @@ class GMI(Attack):
         torch.manual_seed(seed)
         gen, critic = self._nets()
         gen, critic = gen.to(self.device), critic.to(self.device)
-        opt_g = torch.optim.Adam(gen.parameters(), lr=c.gan_lr, betas=(0.5, 0.999))
-        opt_d = torch.optim.Adam(critic.parameters(), lr=c.gan_lr, betas=(0.5, 0.999))
         acc = self.accel
         pub = to_device(public, self.device)  # once, when it fits
+        # a CUDA graph replays fixed addresses: the public set on the device, full batches
+        graphed = acc.graphed(self.device) and pub.device.type == "cuda" and len(public) >= c.gan_batch_size
+        if acc.graph and not graphed:
+            log.info("gmi prior: CUDA graph off (needs CUDA, the public set on the device and "
+                     "at least one full batch); eager steps")
+        opt_g = torch.optim.Adam(gen.parameters(), lr=c.gan_lr, betas=(0.5, 0.999), capturable=graphed)
+        opt_d = torch.optim.Adam(critic.parameters(), lr=c.gan_lr, betas=(0.5, 0.999), capturable=graphed)
         batches = sample_batches(len(public), c.gan_batch_size, torch.Generator().manual_seed(seed),
                                  device=pub.device)
         g_net, d_net = acc.compiled(gen), acc.compiled(critic)  # the modules themselves when off
+
+        def step(real_batch) -> tuple[torch.Tensor, torch.Tensor]:
+            """One generator step: ``n_critic`` critic steps (``real_batch(i)``: the i-th's real
+            images), then the generator's; the last losses, detached."""
+            for i in range(c.n_critic):
+                real = real_batch(i)
+                z = torch.randn(real.shape[0], c.latent_dim, device=self.device)
+                with acc.autocast(self.device):
+                    with torch.no_grad():
+                        fake = g_net(z)
+                    d_loss = d_net(fake).mean() - d_net(real).mean()
+                    if c.gp_weight:
+                        d_loss = d_loss + c.gp_weight * gradient_penalty(critic, real, fake)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            z = torch.randn(c.gan_batch_size, c.latent_dim, device=self.device)
+            with acc.autocast(self.device):
+                g_loss = -d_net(g_net(z)).mean()
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            return d_loss.detach(), g_loss.detach()
+
+        if graphed:  # the step's batch indices are written into `idx` before each replay
+            idx = torch.zeros(c.n_critic, c.gan_batch_size, dtype=torch.long, device=self.device)
+            replay = GraphedStep(lambda: step(lambda i: pub[idx[i]]))
         with progress.task("GMI prior (WGAN-GP)", total=c.gan_steps) as bar:
             for _ in range(c.gan_steps):
-                for _ in range(c.n_critic):
-                    real = gather(pub, next(batches), self.device)
-                    z = torch.randn(real.shape[0], c.latent_dim, device=self.device)
-                    with acc.autocast(self.device):
-                        with torch.no_grad():
-                            fake = g_net(z)
-                        d_loss = d_net(fake).mean() - d_net(real).mean()
-                        if c.gp_weight:
-                            d_loss = d_loss + c.gp_weight * gradient_penalty(critic, real, fake)
-                    opt_d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    opt_d.step()
-                z = torch.randn(c.gan_batch_size, c.latent_dim, device=self.device)
-                with acc.autocast(self.device):
-                    g_loss = -d_net(g_net(z)).mean()
-                opt_g.zero_grad(set_to_none=True)
-                g_loss.backward()
-                opt_g.step()
-                bar.advance(1, d=d_loss.detach(), g=g_loss.detach())  # read by the bar at most 4x a second
+                if graphed:
+                    torch.stack([next(batches) for _ in range(c.n_critic)], out=idx)
+                    d_loss, g_loss = replay()
+                else:
+                    d_loss, g_loss = step(lambda i: gather(pub, next(batches), self.device))
+                bar.advance(1, d=d_loss, g=g_loss)  # read by the bar at most 4x a second
         return {**prefixed("G", gen), **prefixed("D", critic)}
 
     def invert(self, target, prior, classes, *, seed, progress):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mi_bench.hsic import dependence, gaussian_kernel, label_kernel
+from mi_bench.hsic import dependence_of, gaussian_kernel, label_kernel, prepare
 from mi_bench.interfaces import Defense, LossOutput, TrainBatch
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import DEFENSES
@@ -67,19 +67,28 @@ class BiDO(Defense):
         if not batch.taps:
             return LossOutput(total, terms)
         kx = gaussian_kernel(batch.x, cfg.sigma) if cfg.lambda_x else None
-        ky = None
+
+        def prep(k: torch.Tensor) -> torch.Tensor:
+            return prepare(cfg.measure, k, eps=cfg.eps)
+
+        # X's and Y's prepared kernels (ridge ratios for nHSIC) once per batch and dtype, each
+        # layer's once: the same operations as pairing raw kernels with `dependence`
+        px: dict[torch.dtype, torch.Tensor] = {}
+        py: dict[torch.dtype, torch.Tensor] = {}
         # detached float64 sums (as the former Python floats), read by the trainer every N steps
         dx_sum = dy_sum = ce.new_zeros((), dtype=torch.float64)
         for z in batch.taps.values():
-            if cfg.lambda_y and (ky is None or ky.dtype != z.dtype):
-                ky = label_kernel(batch.y, self.num_classes, dtype=z.dtype)
-            kz = gaussian_kernel(z, cfg.sigma)
+            pz = prep(gaussian_kernel(z, cfg.sigma))
             if kx is not None:
-                dx = dependence(cfg.measure, kx.to(kz.dtype), kz, eps=cfg.eps, coco_norm=cfg.coco_norm)
+                if pz.dtype not in px:
+                    px[pz.dtype] = prep(kx.to(pz.dtype))
+                dx = dependence_of(cfg.measure, px[pz.dtype], pz, coco_norm=cfg.coco_norm)
                 total = total + cfg.lambda_x * dx
                 dx_sum = dx_sum + dx.detach().double()
-            if ky is not None:
-                dy = dependence(cfg.measure, kz, ky, eps=cfg.eps, coco_norm=cfg.coco_norm)
+            if cfg.lambda_y:
+                if pz.dtype not in py:
+                    py[pz.dtype] = prep(label_kernel(batch.y, self.num_classes, dtype=pz.dtype))
+                dy = dependence_of(cfg.measure, pz, py[pz.dtype], coco_norm=cfg.coco_norm)
                 total = total - cfg.lambda_y * dy
                 dy_sum = dy_sum + dy.detach().double()
         n = len(batch.taps)

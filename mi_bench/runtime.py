@@ -116,6 +116,11 @@ class Accel:
     amp: str = "off"
     compile: str = "off"
     sync_every: int = 0
+    graph: bool = False  # whole-step CUDA graph where a loop supports it (GMI prior); CUDA only
+
+    def graphed(self, device: torch.device | str) -> bool:
+        """Whether loops that support it capture their whole step as a CUDA graph on ``device``."""
+        return self.graph and torch.device(device).type == "cuda"
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_CHOICES:
@@ -145,7 +150,45 @@ class Accel:
 
     def record(self, device: torch.device | str) -> dict[str, Any]:
         """The options as stored in a record's ``machine`` section."""
-        return {"amp": self.amp, "compile": self.compile, "host_read_every": self.every(device)}
+        out = {"amp": self.amp, "compile": self.compile, "host_read_every": self.every(device)}
+        if self.graph:
+            out["cuda_graph"] = self.graphed(device)
+        return out
+
+
+class GraphedStep:
+    """One whole training step replayed as a CUDA graph (``Accel(graph=True)`` on CUDA), for
+    loops whose time goes to launching many small kernels (the WGAN-GP prior: 5 critic steps
+    with a double-backward penalty and a generator step per call).
+
+    ``fn`` must do the same work on tensors at the same addresses on every call: its inputs are
+    written into static tensors before each call, its optimisers are built with
+    ``capturable=True``. The first ``warmup`` calls run ``fn`` eagerly on a side stream (cuDNN
+    autotuning and allocator warm-up, as the CUDA-graph documentation requires); the next call
+    captures ``fn`` (capturing runs nothing) and replays it; later calls replay it. So every call
+    is one real step. Returns ``fn``'s outputs (static tensors after the capture, overwritten by
+    the next call)."""
+
+    def __init__(self, fn: Callable[[], Any], warmup: int = 3):
+        self.fn, self.warmup, self.calls = fn, warmup, 0
+        self.graph: Any = None
+        self.out: Any = None
+        self.stream = torch.cuda.Stream()
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        if self.calls <= self.warmup:
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                out = self.fn()
+            torch.cuda.current_stream().wait_stream(self.stream)
+            return out
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self.fn()
+        self.graph.replay()
+        return self.out
 
 
 NO_ACCEL = Accel()

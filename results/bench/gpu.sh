@@ -57,6 +57,7 @@ case "$mode" in
     ;;
   profile)
     args=(--out "$OUT" --budget "${GPU_PROFILE_BUDGET:-420}")
+    [ "${GPU_BF16:-0}" = 1 ] && args+=(--bf16)
     [ "$smoke" = 1 ] && args+=(--smoke)
     python3 results/bench/gpu_profile.py "${args[@]}"
     ;;

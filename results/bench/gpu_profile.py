@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (checks the script)")
     p.add_argument("--budget", type=float, default=420.0, help="seconds; later variants are skipped after it")
+    p.add_argument("--bf16", action="store_true", help="also time the GMI prior under amp=bf16")
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
 
@@ -92,14 +93,16 @@ def main() -> None:
             times.append(time.perf_counter() - t)
         return 1000 * (times[1] - times[0]) / n, prior
 
-    n_gmi = 5 if a.smoke else 200
+    n_gmi = 5 if a.smoke else 100
     gmi_prior = None
 
     def gmi_variants(variants) -> None:
         nonlocal gmi_prior
         for label, accel in variants:
-            if not budget_left() or (a.smoke and "compile" in label):
-                rows.append((f"GMI prior, {label}", "skipped (budget)" if not a.smoke else "skipped (smoke)", "6 ms"))
+            skip = ("not asked (--bf16)" if label == "amp=bf16" and not a.bf16
+                    else "smoke" if a.smoke and "compile" in label else None if budget_left() else "budget")
+            if skip:
+                rows.append((f"GMI prior, {label}", f"skipped ({skip})", "6 ms"))
                 continue
             try:
                 ms, prior = prior_rate("gmi", accel, n=n_gmi, warm=3 if a.smoke else 20)
@@ -111,8 +114,35 @@ def main() -> None:
                              f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", "6 ms"))
             torch._dynamo.reset()
 
-    # compile variants come last (their compilation takes the longest; the budget may skip them)
-    gmi_variants((("float32 eager", Accel()), ("amp=bf16", Accel(amp="bf16"))))
+    # eager twice (the calibration of `gpu.sh table` takes 5 -> 45 steps, this 20 -> 220: the
+    # first H200 run read 28 and 68 ms), then the whole step as one CUDA graph, compared with
+    # eager after the same steps; bf16 and compile variants come last (the budget may skip them)
+    eager_prior = graph_prior = None
+    if budget_left():
+        ms, _ = prior_rate("gmi", Accel(), n=5 if a.smoke else 40, warm=3 if a.smoke else 5)
+        rows.append(("GMI prior, float32 eager (5 -> 45 steps)", f"{ms:.2f} ms per generator step", "6 ms or less"))
+    for label, accel in (("float32 eager", Accel()), ("CUDA graph of the whole step (Accel(graph=True))",
+                                                      Accel(graph=True))):
+        if not budget_left():
+            rows.append((f"GMI prior, {label}", "skipped (budget)", "6 ms or less"))
+            continue
+        try:
+            ms, prior = prior_rate("gmi", accel, n=n_gmi, warm=3 if a.smoke else 20)
+            rows.append((f"GMI prior, {label}", f"{ms:.2f} ms per generator step (10,700 steps: {ms * 10.7:.0f} s)",
+                         "6 ms or less"))
+            if accel.graph:
+                graph_prior = prior
+            else:
+                eager_prior = gmi_prior = prior
+        except Exception as exc:  # noqa: BLE001 - reported
+            rows.append((f"GMI prior, {label}", f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                         "6 ms"))
+    if eager_prior is not None and graph_prior is not None:
+        rel = max(float((graph_prior[k].float() - v.float()).norm() / (v.float().norm() + 1e-12))
+                  for k, v in eager_prior.items() if v.is_floating_point())
+        finite = all(bool(torch.isfinite(v).all()) for v in graph_prior.values() if v.is_floating_point())
+        rows.append(("GMI prior, CUDA graph vs eager after the same steps and seed",
+                     f"largest relative weight difference {rel:.2e}; graph weights finite: {finite}", "same training"))
 
     # profiler: 5 GMI generator steps (after the warm-up above)
     from torch.profiler import ProfilerActivity, profile
@@ -199,7 +229,7 @@ def main() -> None:
         rows.append((f"GMI inversion ({len(range(splits.num_private_classes)) * atk.cfg.samples_per_class * atk.cfg.restarts} latents)",
                      f"{ms:.2f} ms per iteration (1,500: {ms * 1.5:.0f} s)", "reported"))
 
-    gmi_variants((("compile=default", Accel(compile="default")),
+    gmi_variants((("amp=bf16", Accel(amp="bf16")), ("compile=default", Accel(compile="default")),
                   ("compile=reduce-overhead (CUDA graphs)", Accel(compile="reduce-overhead"))))
     rows.tail = f"Total {time.monotonic() - START:.0f} s. Profiler tables: `profile_gmi.txt`, `profile_bido.txt`."
     print(rows.write())
