@@ -78,6 +78,8 @@ class GMI(Attack):
         return (DCGANGenerator(self.image_shape, c.latent_dim, c.gan_width),
                 WGANCritic(self.image_shape, c.gan_width))
 
+    graphed_prior = True  # Accel(graph=True): the whole WGAN-GP step as one CUDA graph
+
     def train_prior(self, public, target, *, seed, progress):
         c = self.cfg
         self.check_public(public, target)

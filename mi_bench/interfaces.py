@@ -166,6 +166,9 @@ class Attack:
     requirements: ClassVar[AttackRequirements] = AttackRequirements()
     prior_version: ClassVar[str] = "1"  # bump when the prior's training code changes
     prior_name: ClassVar[str] = ""  # "" = its own; another attack's name to share its cached prior
+    # True where train_prior honours Accel(graph=True) (cuda_graph=true): such priors get keys of
+    # their own, since the replayed step draws its random numbers differently
+    graphed_prior: ClassVar[bool] = False
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     # performance options (amp, compile, host reads every N steps); the pipeline sets the run's
     accel: Accel = NO_ACCEL

@@ -160,6 +160,8 @@ def prior_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str,
     }
     if req.prior == "per_target":
         spec["target"] = target_key
+    if cfg.cuda_graph and ATTACKS.get(owner).graphed_prior:
+        spec["cuda_graph"] = True
     return _with_amp(spec, cfg)
 
 
@@ -193,7 +195,7 @@ class Runner:
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.device_settings = configure_device(self.device, cfg.tf32)
-        self.accel = Accel(amp=cfg.amp, compile=cfg.compile)
+        self.accel = Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph)
         self.store = ArtifactStore(resolve_cache_dir(cfg.cache_dir))
         self.times: dict[str, float] = {}
         self.trained: list[str] = []
@@ -622,7 +624,7 @@ def machine(cfg: RunConfig, device: torch.device, settings: dict[str, Any] | Non
 
     info = {"platform": platform.platform(), "processor": platform.machine(),
             "cpu_count": os.cpu_count(), "threads": cfg.threads, "device": str(device),
-            "accel": Accel(amp=cfg.amp, compile=cfg.compile).record(device)}
+            "accel": Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph).record(device)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)

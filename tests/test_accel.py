@@ -292,3 +292,33 @@ def test_compile_is_skipped_when_the_defense_wraps_the_model(aot_eager, caplog):
     with caplog.at_level("WARNING"):
         _fit(32, d, Accel(compile="default"))
     assert "compile=default skipped: the defense wraps the model" in caplog.text
+
+
+def test_cuda_graph_option_keys_only_the_gmi_prior_and_falls_back_on_the_cpu(caplog):
+    """``cuda_graph=true``: the GMI prior (whose training honours it) gets a key of its own, the
+    target, the evaluator and KED-MI's prior keep theirs; the default run's hash is unchanged;
+    on the CPU the prior trains eagerly, bit for bit as without it, and says so."""
+    from mi_bench.pipeline import artifact_plan, machine
+    from mi_bench.registry import ATTACKS
+    from mi_bench.runtime import NULL_BARS
+
+    splits = load_splits(DatasetConfig(), REPO)
+    base = to_dict(compose(["preset=smoke"]))
+    assert base["cuda_graph"] is False
+    assert config_hash(base) == config_hash({k: v for k, v in base.items() if k != "cuda_graph"})
+    for attack, prior_changes in (("gmi", True), ("kedmi", False)):
+        off = artifact_plan(compose(["preset=smoke", f"attack={attack}"]), splits)
+        on = artifact_plan(compose(["preset=smoke", f"attack={attack}", "cuda_graph=true"]), splits)
+        assert (on["prior"] != off["prior"]) is prior_changes
+        assert on["target"] == off["target"] and on["evaluator"] == off["evaluator"]
+    cfg = compose(["preset=smoke", "cuda_graph=true"])
+    assert machine(cfg, torch.device("cpu"))["accel"]["cuda_graph"] is False  # not on the CPU
+    pub = torch.rand(80, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    priors = []
+    for graph in (False, True):
+        atk = ATTACKS.get("gmi")(cfg.attack, image_shape=(1, 32, 32), num_classes=10, device=torch.device("cpu"))
+        atk.accel = rt.Accel(graph=graph)
+        with caplog.at_level("INFO"):
+            priors.append(atk.train_prior(pub, None, seed=0, progress=NULL_BARS))
+    assert all(torch.equal(priors[0][k], priors[1][k]) for k in priors[0])
+    assert "CUDA graph off" in caplog.text
