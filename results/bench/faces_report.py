@@ -60,6 +60,14 @@ def main(db: str) -> None:
           f"{d['preprocessing']['private']}. Chance = {100 / len(d['private_classes']):.1f}%.\n")
     by_id = {r["run_id"]: r for r in recs}
     order = ["gmi", "kedmi", "plgmi", "random", "pixel"]
+
+    def root(r: dict) -> dict:
+        """The run a record was re-scored from, followed back to the run that trained it (a run
+        may be re-scored more than once)."""
+        while r.get("rescored_from") in by_id:
+            r = by_id[r["rescored_from"]]
+        return r
+
     runs = sorted(current(recs), key=lambda r: (order.index(r["config"]["attack"]["name"])
                                                 if r["config"]["attack"]["name"] in order else 99,
                                                 r["config"]["defense"]["name"] != "none"))
@@ -68,7 +76,7 @@ def main(db: str) -> None:
     print("|" + "---|" * 19)
     for r in runs:
         m, c = r["metrics"], r["config"]
-        orig = by_id.get(r.get("rescored_from") or "", r)
+        orig = root(r)
         ci = m.get("attack_acc_ci") or [None, None]
         stages = " ".join(f"{k}={v:.0f}" for k, v in orig["stage_seconds"].items())
         jd = m.get("judges") or {}
@@ -82,7 +90,7 @@ def main(db: str) -> None:
               f"{stages} | {orig['wall_seconds'] / 60:.1f} min | ![grid]({grid_copy(r)}) |")
     print("\nTrained in each run (the rest came from the cache):")
     for r in runs:
-        orig = by_id.get(r.get("rescored_from") or "", r)
+        orig = root(r)
         again = f" (re-scored as {r['run_id']})" if orig is not r else ""
         print(f"- {orig['run_id']}{again} {r['config']['attack']['name']} vs {r['defense_label']}: "
               f"{', '.join(orig['trained']) or 'nothing'}; {orig['machine'].get('device')}, "
