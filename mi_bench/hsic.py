@@ -115,16 +115,20 @@ def normalized_hsic(kx: torch.Tensor, ky: torch.Tensor, eps: float = 1e-5) -> to
 
 def coco(kx: torch.Tensor, ky: torch.Tensor, norm: str = "fro") -> torch.Tensor:
     """Constrained covariance ``sqrt(||(H Kx H)(H Ky H)||) / m``."""
-    m = kx.shape[0]
-    h = _centering(m, kx)
-    prod = (h @ kx @ h) @ (h @ ky @ h)
+    h = _centering(kx.shape[0], kx)
+    return _coco_of_centred(h @ kx @ h, h @ ky @ h, norm)
+
+
+def _coco_of_centred(a: torch.Tensor, b: torch.Tensor, norm: str) -> torch.Tensor:
+    """``sqrt(||A B||) / m`` for centred kernel matrices ``A = H Kx H``, ``B = H Ky H``."""
+    prod = a @ b
     if norm == "fro":
         n = torch.linalg.matrix_norm(prod, ord="fro")
     elif norm == "spectral":
         n = torch.linalg.matrix_norm(prod, ord=2)
     else:
         raise ValueError(f"unknown COCO norm {norm!r}: use 'fro' or 'spectral'")
-    return torch.sqrt(n) / m
+    return torch.sqrt(n) / a.shape[0]
 
 
 def hsic(kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
@@ -167,14 +171,7 @@ def dependence_of(measure: str, a: torch.Tensor, b: torch.Tensor, *, coco_norm: 
             return (a * b.T).sum()  # tr(R_x R_y)
         if measure == "plain_hsic":
             return (a * b.T).sum() / (m - 1) ** 2
-        prod = a @ b
-        if coco_norm == "fro":
-            n = torch.linalg.matrix_norm(prod, ord="fro")
-        elif coco_norm == "spectral":
-            n = torch.linalg.matrix_norm(prod, ord=2)
-        else:
-            raise ValueError(f"unknown COCO norm {coco_norm!r}: use 'fro' or 'spectral'")
-        return torch.sqrt(n) / m
+        return _coco_of_centred(a, b, coco_norm)
 
 
 def dependence(
