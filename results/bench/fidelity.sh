@@ -54,4 +54,4 @@ fi
 mkdir -p "$(dirname "$MD")"
 mi-bench leaderboard --db "$DB" --format markdown -o "$MD" --plot "$PLOT"
 mi-bench leaderboard --db "$DB" --format csv -o "$ROOT/fidelity.csv"
-[[ "${FIDELITY_SMOKE:-0}" == 1 ]] || mi-bench db export --db "$DB" -o results/bench/fidelity.records.jsonl
+[[ "${FIDELITY_SMOKE:-0}" == 1 ]] || { mi-bench db export --db "$DB" -o "$ROOT/fidelity.records.jsonl" && gzip -9c "$ROOT/fidelity.records.jsonl" > results/bench/fidelity.records.jsonl.gz; }

@@ -34,4 +34,4 @@ ATTACKS=gmi,kedmi,plgmi,random,pixel
 mi-bench sweep dataset=digits attack=$ATTACKS defense=none,bido-hsic $OUT
 mi-bench sweep dataset=mnist attack=$ATTACKS defense=none,bido-hsic $OUT
 python results/bench/judges_report.py "$DB" "none;bido[lambda_x=0.05,lambda_y=0.5]" > results/bench/judges$SUFFIX.md
-echo "wrote results/bench/judges$SUFFIX.md (records: results/bench/fidelity.records.jsonl for quick)"
+echo "wrote results/bench/judges$SUFFIX.md (records: results/bench/fidelity.records.jsonl.gz for quick)"
