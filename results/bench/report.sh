@@ -11,6 +11,15 @@
 # About 10-30 s on the 2-core machine (loading the datasets dominates).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# records kept gzipped in the repository (over 1 MB as JSON lines) are unpacked beside the others
+# for this script and removed afterwards
+unpacked=()
+trap 'rm -f "${unpacked[@]}"' EXIT
+for gz in results/bench/*.records.jsonl.gz; do
+  [ -e "$gz" ] || continue
+  gunzip -c "$gz" > "${gz%.gz}"
+  unpacked+=("${gz%.gz}")
+done
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
   for rec in results/bench/*.records.jsonl; do names+=("$(basename "$rec" .records.jsonl)"); done
