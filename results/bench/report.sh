@@ -11,6 +11,9 @@
 # About 10-30 s on the 2-core machine (loading the datasets dominates).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# real private images for the galleries (without them each gallery falls back to its run's full-size
+# grid.png, which made the page 19.8 MB instead of 4)
+export MI_BENCH_DATA=${MI_BENCH_DATA:-../shared/data}
 # records kept gzipped in the repository (over 1 MB as JSON lines) are unpacked beside the others
 # for this script and removed afterwards
 unpacked=()
@@ -46,5 +49,5 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && python -c "import
 else
   echo "report.sh: no Chromium/chromedriver/selenium: results/report.png not updated" >&2
 fi
-# 3 reconstructions per class keeps the page under ~3 MB for the ~90 entries of the benchmarks
+# 3 reconstructions per class: 5.7 MB for the 101 entries of fidelity + faces (2026-11-26)
 mi-bench report "${sources[@]}" --runs results/local/runs --gallery-samples 3 -o results/report.html "${shot[@]}"
