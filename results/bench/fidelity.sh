@@ -19,8 +19,8 @@
 # ~55 s (a prior per target, 32-43 s) ~ 33 min (optional). Measured (2026-11-26, with a face
 # benchmark or a second sweep on the other core): 2-3.5 min per MNIST run, 1.5-2.5 min per digits run;
 # the sweep resumes where it stopped. The optional parts (FIDELITY_EXTRAS=1 FIDELITY_PROTOCOLS=1
-# FIDELITY_STRENGTHS=1 WORKERS=2, 105 cells after the rest) took 89 min (2026-11-26): MNIST
-# KED-MI/PLG-MI ~45 s and ~110 s per run with two workers, the two new protocols 24 min (their
+# FIDELITY_STRENGTHS=1 WORKERS=2, 117 cells after the rest) took 99 min (2026-11-26): MNIST
+# KED-MI/PLG-MI ~45 s and ~110 s per run with two workers, the two new protocols 38 min (their
 # evaluator, judges and GMI priors included), the digits strength sweeps 27 min.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,11 +58,13 @@ if [[ "${FIDELITY_EXTRAS:-0}" == 1 ]]; then
 fi
 # the other protocol of each dataset (FIDELITY_PROTOCOLS=1): digits under `disjoint_classes` and
 # MNIST quick under `disjoint_samples`, GMI against none, BiDO-HSIC and BiDO-COCO and BiDO's
-# matched baseline (each protocol has its own targets and GMI prior)
+# matched baseline, and KED-MI/PLG-MI against none (each protocol has its own targets and priors)
 if [[ "${FIDELITY_PROTOCOLS:-0}" == 1 ]]; then
   for DS in "$DIGITS dataset.protocol=disjoint_classes" "$MNIST dataset.protocol=disjoint_samples"; do
     mi-bench sweep $DS defense=none,bido-hsic,bido-coco attack=gmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
     mi-bench sweep $DS defense=none recipe=bido attack=gmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
+    # the attacks' own comparison under this protocol (results/README.md, issue 3's table)
+    mi-bench sweep $DS defense=none attack=kedmi,plgmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
   done
 fi
 # strength sweeps on digits, GMI (FIDELITY_STRENGTHS=1): a weaker and a stronger setting around
