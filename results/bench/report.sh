@@ -49,5 +49,5 @@ if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && python -c "import
 else
   echo "report.sh: no Chromium/chromedriver/selenium: results/report.png not updated" >&2
 fi
-# 3 reconstructions per class: 5.7 MB for the 101 entries of fidelity + faces (2026-11-26)
+# 3 reconstructions per class: 6.0 MB for the 105 entries of fidelity + faces (2026-11-26)
 mi-bench report "${sources[@]}" --runs results/local/runs --gallery-samples 3 -o results/report.html "${shot[@]}"
