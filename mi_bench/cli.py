@@ -470,7 +470,8 @@ def list_cmd() -> None:
 def _sources(f):
     """--db / --records: where the records come from (leaderboard and report)."""
     f = click.option("--records", type=click.Path(exists=True, path_type=Path), multiple=True,
-                     help="read run records instead of a database: a .jsonl file (mi-bench db export) "
+                     help="read run records instead of a database: a .jsonl file (mi-bench db export; "
+                          "gzipped as .jsonl.gz also) "
                           "or a folder of run folders holding record.json; repeat to merge several")(f)
     return click.option("--db", default="results/mi_bench.sqlite", show_default=True, help="results database")(f)
 

@@ -265,19 +265,27 @@ class ResultStore:
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records from a SQLite database, a JSON-lines file (one record a line) or a folder of run
-    folders holding ``record.json``; ordered by creation time."""
+    """Records from a SQLite database, a JSON-lines file (one record a line; gzipped when it ends
+    in ``.gz``) or a folder of run folders holding ``record.json``; ordered by creation time."""
+    import gzip
+
     from mi_bench.runs import iter_record_files, read_record
 
     path = Path(path)
+    gzipped = path.suffix == ".gz"
     if path.is_dir():
         recs = [read_record(p) for p in iter_record_files(path)]
     elif not path.is_file():
         raise ResultsError(f"no results at {path}: pass a results database, a .jsonl records file "
                            "or a folder of run folders")
-    elif path.suffix in (".jsonl", ".json"):
+    elif Path(path.stem if gzipped else path.name).suffix in (".jsonl", ".json"):
+        try:
+            text = gzip.decompress(path.read_bytes()).decode() if gzipped else path.read_text()
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise ResultsError(f"{path} is not a readable gzipped records file ({exc}): export it "
+                               "again with mi-bench db export") from None
         recs = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
                     recs.append(json.loads(line))

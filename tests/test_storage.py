@@ -114,6 +114,19 @@ def test_load_records_reads_database_jsonl_and_folders_alike(tmp_path):
         load_records(tmp_path / "missing.jsonl")
 
 
+def test_gzipped_records_read_like_plain_ones_and_a_corrupt_one_is_refused(tmp_path):
+    import gzip
+
+    recs = [_record(f"r{i}", seed=i) for i in range(2)]
+    text = "".join(json.dumps(r) + "\n" for r in recs)
+    (tmp_path / "r.jsonl").write_text(text)
+    (tmp_path / "r.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    assert load_records(tmp_path / "r.jsonl.gz") == load_records(tmp_path / "r.jsonl")
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(text.encode())[:40])
+    with pytest.raises(ResultsError, match="not a readable gzipped records file"):
+        load_records(tmp_path / "cut.jsonl.gz")
+
+
 def test_text_file_as_database_is_refused_with_one_line(tmp_path):
     db = tmp_path / "results.sqlite"
     db.write_text("hello")

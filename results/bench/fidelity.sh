@@ -34,7 +34,8 @@ else
   MD=results/bench/fidelity.md PLOT=results/bench/fidelity_tradeoff.png
 fi
 DB=$ROOT/fidelity.sqlite
-OUT="results_db=$DB results_dir=$ROOT/runs --quiet"
+# WORKERS=N: cells at once, each in its own process (mi-bench sweep --workers)
+OUT="results_db=$DB results_dir=$ROOT/runs --quiet ${WORKERS:+--workers $WORKERS}"
 DEFENDED=bido-hsic,bido-coco,bido-shipped,mid,qad,desmil,dpsgd
 
 for DS in "$DIGITS" "$MNIST"; do
@@ -52,8 +53,8 @@ mi-bench sweep $MNIST defense=none recipe=bido attack=kedmi,plgmi seed=$SEEDS $O
 # judges.sh and the line above ran 12)
 if [[ "${FIDELITY_EXTRAS:-0}" == 1 ]]; then
   for DS in "$DIGITS" "$MNIST"; do
-    mi-bench sweep $DS defense=none,$DEFENDED attack=kedmi,plgmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
-    mi-bench sweep $DS defense=none recipe=bido,mid,dpsgd attack=kedmi,plgmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
+    mi-bench sweep $DS defense=none,$DEFENDED attack=kedmi,plgmi seed=$SEEDS $OUT
+    mi-bench sweep $DS defense=none recipe=bido,mid,dpsgd attack=kedmi,plgmi seed=$SEEDS $OUT
   done
 fi
 # the other protocol of each dataset (FIDELITY_PROTOCOLS=1): digits under `disjoint_classes` and
@@ -61,17 +62,17 @@ fi
 # matched baseline, and KED-MI/PLG-MI against none (each protocol has its own targets and priors)
 if [[ "${FIDELITY_PROTOCOLS:-0}" == 1 ]]; then
   for DS in "$DIGITS dataset.protocol=disjoint_classes" "$MNIST dataset.protocol=disjoint_samples"; do
-    mi-bench sweep $DS defense=none,bido-hsic,bido-coco attack=gmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
-    mi-bench sweep $DS defense=none recipe=bido attack=gmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
+    mi-bench sweep $DS defense=none,bido-hsic,bido-coco attack=gmi seed=$SEEDS $OUT
+    mi-bench sweep $DS defense=none recipe=bido attack=gmi seed=$SEEDS $OUT
     # the attacks' own comparison under this protocol (results/README.md, issue 3's table)
-    mi-bench sweep $DS defense=none attack=kedmi,plgmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}
+    mi-bench sweep $DS defense=none attack=kedmi,plgmi seed=$SEEDS $OUT
   done
 fi
 # strength sweeps on digits, GMI (FIDELITY_STRENGTHS=1): a weaker and a stronger setting around
 # each default (BiDO-COCO: the other published MNIST pair (2, 20) and a stronger (5, 50)); the
 # matched baselines above apply, since a defense's recipe does not depend on its strength
 if [[ "${FIDELITY_STRENGTHS:-0}" == 1 ]]; then
-  S="$DIGITS attack=gmi seed=$SEEDS $OUT ${WORKERS:+--workers $WORKERS}"
+  S="$DIGITS attack=gmi seed=$SEEDS $OUT"
   # MID: 0.2 is the other published MNIST beta; 0.5 diverges under MID's official recipe (SGD lr
   # 0.1, loss inf by epoch 3 on every seed) and is recorded as failed (`|| true`: the rest goes on)
   mi-bench sweep defense=mid defense.beta=0.01,0.2,0.5 $S || true

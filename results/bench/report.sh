@@ -14,21 +14,16 @@ cd "$(dirname "$0")/../.."
 # real private images for the galleries (without them each gallery falls back to its run's full-size
 # grid.png, which made the page 19.8 MB instead of 4)
 export MI_BENCH_DATA=${MI_BENCH_DATA:-../shared/data}
-# records kept gzipped in the repository (over 1 MB as JSON lines) are unpacked beside the others
-# for this script and removed afterwards
-unpacked=()
-trap 'rm -f "${unpacked[@]}"' EXIT
-for gz in results/bench/*.records.jsonl.gz; do
-  [ -e "$gz" ] || continue
-  gunzip -c "$gz" > "${gz%.gz}"
-  unpacked+=("${gz%.gz}")
-done
+# records: results/bench/<name>.records.jsonl, or .jsonl.gz when kept gzipped (over 1 MB as JSON)
+records_of() { local f="results/bench/$1.records.jsonl"; [ -e "$f" ] && echo "$f" || echo "$f.gz"; }
 names=("$@")
 if [ ${#names[@]} -eq 0 ]; then
-  for rec in results/bench/*.records.jsonl; do names+=("$(basename "$rec" .records.jsonl)"); done
+  for rec in results/bench/*.records.jsonl results/bench/*.records.jsonl.gz; do
+    if [ -e "$rec" ]; then names+=("$(basename "${rec%.gz}" .records.jsonl)"); fi
+  done
 fi
 for name in "${names[@]}"; do
-  rec="results/bench/$name.records.jsonl"
+  rec=$(records_of "$name")
   md="results/bench/$name.md"
   # faces.md is faces_report.py's summary (per-stage times, grids); its leaderboard goes beside it
   [ "$name" = faces ] && md="results/bench/faces_leaderboard.md"
@@ -39,9 +34,11 @@ done
 # adds the earlier ones (results/README.md, "Earlier benchmarks": other recipes, no judges)
 sources=()
 if [ "${REPORT_ALL:-0}" = 1 ]; then
-  for rec in results/bench/*.records.jsonl; do sources+=(--records "$rec"); done
+  for rec in results/bench/*.records.jsonl results/bench/*.records.jsonl.gz; do
+    if [ -e "$rec" ]; then sources+=(--records "$rec"); fi
+  done
 else
-  for name in fidelity faces; do sources+=(--records "results/bench/$name.records.jsonl"); done
+  for name in fidelity faces; do sources+=(--records "$(records_of "$name")"); done
 fi
 shot=()
 if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && python -c "import selenium" 2>/dev/null; then
