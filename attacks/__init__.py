@@ -1,4 +1,7 @@
-"""Built-in attacks (installed as ``mi_bench.attacks``). Importing this package registers them."""
+"""Built-in attacks (installed as ``mi_bench.attacks``).
 
-from mi_bench.attacks import gmi  # noqa: F401
-from mi_bench.attacks import baselines, kedmi, plgmi  # noqa: F401
+Each module here that does not start with ``_`` is imported when the attack registry is first
+used (``mi_bench.registry.discover``); its ``@register_attack`` classes register themselves. A new
+built-in attack is one new file: see the README, "Adding an attack". ``common`` holds the
+helpers shared by the built-in attacks (GAN blocks, prior state dicts, frozen targets).
+"""

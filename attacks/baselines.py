@@ -28,29 +28,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from importlib import resources
 from typing import Any
 
 import torch
-import yaml
 from torch.nn import functional as F
 
-from mi_bench.attacks.gan import DCGANGenerator, load_prefixed
+from mi_bench.api import (
+    Attack, AttackRequirements, DCGANGenerator, Inversion, PluginConfig, load_prefixed, param,
+    register_attack,
+)
 from mi_bench.attacks.gmi import GMI, GMIConfig
-from mi_bench.interfaces import Attack, AttackRequirements, Inversion
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import ATTACKS
 
 log = logging.getLogger(__name__)
-
-
-def _gmi_presets(keys: set[str]) -> dict[str, dict[str, Any]]:
-    """``keys`` of GMI's YAML (top level, then per preset), so baselines follow GMI's presets."""
-    text = (resources.files("mi_bench.configs") / "attack" / "gmi.yaml").read_text()
-    data = yaml.safe_load(text) or {}
-    top = {k: v for k, v in data.items() if k in keys}
-    return {p: {**top, **{k: v for k, v in (vals or {}).items() if k in keys}}
-            for p, vals in (data.get("presets") or {}).items()}
 
 
 _GMI_PRIOR = [f for f in dataclasses.fields(GMIConfig) if f.metadata.get("prior")]
@@ -68,7 +57,7 @@ RandomConfig.__module__ = __name__
 RandomConfig.__doc__ = "GMI's prior fields (same names and meaning) plus the selection budget."
 
 
-@ATTACKS.register("random")
+@register_attack("random")
 class RandomPrior(Attack):
     Config = RandomConfig
     summary = "calibration baseline: best of N samples of GMI's public prior by target logit, no optimisation"
@@ -76,7 +65,8 @@ class RandomPrior(Attack):
     requirements = AttackRequirements(white_box=False, public_data=True, prior="shared")
     prior_name = "gmi"
     prior_version = GMI.prior_version
-    presets = _gmi_presets({f.name for f in _GMI_PRIOR})
+    preset_fields_from = ("gmi", tuple(f.name for f in _GMI_PRIOR))
+    calibration = 1
 
     def _gmi(self) -> GMI:
         cfg = GMIConfig(name="gmi", **{f.name: getattr(self.cfg, f.name) for f in _GMI_PRIOR})
@@ -124,14 +114,15 @@ class PixelConfig(PluginConfig):
     samples_per_class: int = param(20, ge=1, help="independent starts per class; all returned and scored")
 
 
-@ATTACKS.register("pixel")
+@register_attack("pixel")
 class PixelInversion(Attack):
     Config = PixelConfig
     summary = "calibration baseline: GAN-free gradient inversion in pixel space from random public images"
     paper = "mi-bench calibration baseline, in the manner of Fredrikson et al., CCS 2015"
     requirements = AttackRequirements(white_box=True, public_data=True, prior="shared")
     prior_version = "1"
-    presets = _gmi_presets({"iterations"})
+    preset_fields_from = ("gmi", ("iterations",))
+    calibration = 2
 
     def train_prior(self, public, target, *, seed, progress):
         self.check_public(public, target)

@@ -1,6 +1,6 @@
 """GMI: the generative model-inversion attack (Zhang et al., CVPR 2020).
 
-Prior: a WGAN-GP (``attacks/gan.py``) trained on the attacker's public images only; it does not
+Prior: a WGAN-GP (``attacks/common.py``) trained on the attacker's public images only; it does not
 depend on the target, so one prior serves every target of a dataset/protocol.
 
 Inversion: for each attacked class ``y`` and each of ``samples_per_class`` samples, ``restarts``
@@ -30,13 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from mi_bench.attacks.gan import (
-    DCGANGenerator, WGANCritic, gradient_penalty, load_prefixed, prefixed, sample_batches,
+from mi_bench.api import (
+    Attack, AttackRequirements, DCGANGenerator, GraphedStep, Inversion, PluginConfig, WGANCritic,
+    gather, gradient_penalty, load_prefixed, param, prefixed, register_attack, sample_batches,
+    to_device,
 )
-from mi_bench.interfaces import Attack, AttackRequirements, Inversion
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import ATTACKS
-from mi_bench.runtime import GraphedStep, gather, to_device
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +63,7 @@ class GMIConfig(PluginConfig):
     samples_per_class: int = param(5, ge=1, help="independent samples kept per class")
 
 
-@ATTACKS.register("gmi")
+@register_attack("gmi")
 class GMI(Attack):
     Config = GMIConfig
     summary = "GMI: WGAN-GP prior on public data + latent search (-D + lambda*CE)"

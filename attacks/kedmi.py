@@ -2,7 +2,7 @@
 
 Prior (trained per target, methods.md section 3):
 
-* Generator: GMI's DCGAN generator (:class:`~mi_bench.attacks.gan.DCGANGenerator`), z ~ N(0, I).
+* Generator: GMI's DCGAN generator (:class:`~mi_bench.attacks.common.DCGANGenerator`), z ~ N(0, I).
 * Discriminator with K-way logits (K = private classes), as the official ``discri.py``
   (``MinibatchDiscriminator``; ``MinibatchDiscriminator_MNIST`` in Defend_MI): conv +
   InstanceNorm(affine) + LReLU blocks - the first one included - down to 4x4 with channels
@@ -53,11 +53,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.attacks.gan import DCGANGenerator, _n_stages, load_prefixed, prefixed, sample_batches
-from mi_bench.interfaces import Attack, AttackRequirements, Inversion
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import ATTACKS
-from mi_bench.runtime import FiniteCheck, gather, host_floats, to_device
+from mi_bench.api import (
+    Attack, AttackRequirements, DCGANGenerator, FiniteCheck, Inversion, PluginConfig, frozen,
+    gather, host_floats, load_prefixed, n_stages, param, prefixed, register_attack, sample_batches,
+    target_probs, to_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class KEDDiscriminator(nn.Module):
                  mbd_kernels: int = 64, mbd_dim: int = 50):
         super().__init__()
         c_in, size, _ = image_shape
-        n = _n_stages(size)
+        n = n_stages(size)
         chans = [min(width * 2**i, 4 * width) for i in range(n)]  # 64, 128, 256 (, 256)
         layers: list[nn.Module] = []
         for i, (cin, cout) in enumerate(zip([c_in] + chans[:-1], chans)):
@@ -138,35 +138,6 @@ class KEDDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feat = self.body(x).flatten(1)
         return feat, self.fc(self.mbd(feat))
-
-
-# -- helpers shared with plgmi -------------------------------------------------------------------
-
-@contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
-    saved = []
-    for m in modules:
-        saved.append((m, m.training, [(p, p.requires_grad) for p in m.parameters()]))
-        m.eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for m, was, flags in saved:
-            m.train(was)
-            for p, rg in flags:
-                p.requires_grad_(rg)
-
-
-@torch.no_grad()
-def target_probs(target: nn.Module, x: torch.Tensor, device: torch.device,
-                 batch_size: int = 256) -> torch.Tensor:
-    """softmax(T(x)) with T in eval mode, under no_grad (CPU tensor)."""
-    with frozen(target):
-        return torch.cat([F.softmax(target(xb.to(device)).float(), 1).cpu()
-                          for xb in x.split(batch_size)])
 
 
 # -- plugin ------------------------------------------------------------------------------------
@@ -207,7 +178,7 @@ class KEDMIConfig(PluginConfig):
                                    "distribution; all are returned and scored")
 
 
-@ATTACKS.register("kedmi")
+@register_attack("kedmi")
 class KEDMI(Attack):
     Config = KEDMIConfig
     summary = "KED-MI: target-aware K-way GAN + learned latent Gaussian per class"

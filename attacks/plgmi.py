@@ -53,12 +53,11 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
-from mi_bench.attacks.gan import _n_stages, load_prefixed, prefixed, sample_batches
-from mi_bench.attacks.kedmi import frozen, target_probs
-from mi_bench.interfaces import Attack, AttackRequirements, Inversion
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import ATTACKS
-from mi_bench.runtime import FiniteCheck, gather, host_floats, to_device
+from mi_bench.api import (
+    Attack, AttackRequirements, FiniteCheck, Inversion, PluginConfig, frozen, gather, host_floats,
+    load_prefixed, n_stages, param, prefixed, register_attack, sample_batches, target_probs,
+    to_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ class ResNetGenerator(nn.Module):
                  width: int = 64):
         super().__init__()
         c_out, size, _ = image_shape
-        n = _n_stages(size)
+        n = n_stages(size)
         chans = [width * 2 ** (n - i) for i in range(n + 1)]  # 64x64: 16w, 8w, 4w, 2w, w
         self.latent_dim, self._c0 = latent_dim, chans[0]
         self.l1 = nn.Linear(latent_dim, chans[0] * 16)
@@ -210,7 +209,7 @@ class SNProjectionDiscriminator(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, width: int = 64):
         super().__init__()
         c_in, size, _ = image_shape
-        n = _n_stages(size)
+        n = n_stages(size)
         chans = [c_in] + [width * 2**i for i in range(n + 1)]  # 64x64: 3, w, 2w, 4w, 8w, 16w
         self.blocks = nn.Sequential(*(DiscBlock(a, b, i == 0)
                                       for i, (a, b) in enumerate(zip(chans[:-1], chans[1:]))))
@@ -253,7 +252,7 @@ class PLGMIConfig(PluginConfig):
     samples_per_class: int = param(5, ge=1, help="latents (seeds) per class; all returned and scored")
 
 
-@ATTACKS.register("plgmi")
+@register_attack("plgmi")
 class PLGMI(Attack):
     Config = PLGMIConfig
     summary = "PLG-MI: top-n pseudo-labelled public data -> conditional GAN, max-margin inversion"

@@ -1,4 +1,6 @@
-"""Built-in defenses (installed as ``mi_bench.defenses``). Importing this package registers them."""
+"""Built-in defenses (installed as ``mi_bench.defenses``).
 
-from mi_bench.defenses import bido, none  # noqa: F401
-from mi_bench.defenses import desmil, dpsgd, mid, qad  # noqa: F401
+Each module here that does not start with ``_`` is imported when the defense registry is first
+used (``mi_bench.registry.discover``); its ``@register_defense`` classes register themselves. A
+new built-in defense is one new file: see the README, "Adding a defense".
+"""

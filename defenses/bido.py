@@ -28,18 +28,18 @@ from dataclasses import dataclass
 
 import torch
 
-from mi_bench.hsic import dependence_of, gaussian_kernel, label_kernel, prepare
-from mi_bench.interfaces import Defense, LossOutput, TrainBatch
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import DEFENSES
+from mi_bench.api import (
+    Defense, LossOutput, PluginConfig, TrainBatch, dependence_of, gaussian_kernel, label_kernel,
+    param, prepare, register_defense,
+)
 
 
 @dataclass
 class BiDOConfig(PluginConfig):
     measure: str = param("hsic", choices=("hsic", "coco"), help="dependence measure d")
-    lambda_x: float = param(0.05, ge=0.0, sweep=(0.0, 0.01, 0.05, 0.1),
+    lambda_x: float = param(0.05, ge=0.0, label=True, sweep=(0.0, 0.01, 0.05, 0.1),
                             help="weight of d(X, Z_j) (minimised), per layer")
-    lambda_y: float = param(0.5, ge=0.0, sweep=(0.0, 0.5, 1.0, 2.5),
+    lambda_y: float = param(0.5, ge=0.0, label=True, sweep=(0.0, 0.5, 1.0, 2.5),
                             help="weight of d(Z_j, Y) (maximised), per layer")
     sigma: float = param(5.0, gt=0.0, help="Gaussian kernel sigma (bandwidth sigma^2 * dim)")
     eps: float = param(1e-5, gt=0.0, help="ridge of the normalised HSIC")
@@ -48,7 +48,7 @@ class BiDOConfig(PluginConfig):
                               help="tapped layers (empty = the model's hidden_layers)")
 
 
-@DEFENSES.register("bido")
+@register_defense("bido")
 class BiDO(Defense):
     Config = BiDOConfig
     summary = "BiDO: min d(X,Z) - max d(Z,Y) on hidden layers, HSIC or COCO"

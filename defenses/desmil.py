@@ -58,10 +58,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.hsic import dependence, gaussian_kernel, kernel_from_sq, sq_distances
-from mi_bench.interfaces import Defense, LossOutput, TrainBatch
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import DEFENSES
+from mi_bench.api import (
+    Defense, LossOutput, PluginConfig, TrainBatch, dependence, gaussian_kernel, kernel_from_sq,
+    param, register_defense, sq_distances,
+)
 
 
 @dataclass
@@ -70,7 +70,7 @@ class DESMILConfig(PluginConfig):
                            help="K chunks of the embedding (0 = every dimension, StableNet)")
     layer: str = param("pool", help="module whose (flattened) output is the penultimate embedding")
     reweight: bool = param(True, help="learn decorrelating sample weights (StableNet loop)")
-    lambda_p: float = param(70.0, gt=0.0, sweep=(7.0, 70.0, 700.0),
+    lambda_p: float = param(70.0, gt=0.0, label=True, sweep=(7.0, 70.0, 700.0),
                             help="divisor of the decorrelation loss (StableNet 70); smaller = "
                             "stronger decorrelation vs. uniform weights")
     inner_steps: int = param(20, ge=1, help="SGD steps of the weight learner (StableNet 20)")
@@ -82,7 +82,7 @@ class DESMILConfig(PluginConfig):
                      "dimension drawn once per batch")
     memory: int = param(128, ge=0, help="slots of the feature/weight ring memory (0 = none)")
     memory_ema: float = param(0.9, ge=0.0, lt=1.0, help="EMA factor of the memory")
-    beta_dec: float = param(0.0, ge=0.0, sweep=(0.0, 1.0, 10.0, 100.0),
+    beta_dec: float = param(0.0, ge=0.0, label=True, sweep=(0.0, 1.0, 10.0, 100.0),
                             help="weight of the direct decorrelation sum_{i<j} HSIC(z^i, z^j)")
     sigma: float = param(0.0, ge=0.0, help="Gaussian kernel sigma of the direct HSIC term "
                          "(bandwidth sigma^2 * dim); 0 = median heuristic per chunk and batch")
@@ -228,7 +228,7 @@ class SampleWeighter:
         self.mem_count[slots] = count + 1
 
 
-@DEFENSES.register("desmil")
+@register_defense("desmil")
 class DESMIL(Defense):
     Config = DESMILConfig
     summary = "DESMIL-style (adaptation): StableNet sample reweighting decorrelating K interests"

@@ -53,21 +53,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.interfaces import Defense, LossOutput, TrainBatch
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import DEFENSES
+from mi_bench.api import Defense, LossOutput, PluginConfig, TrainBatch, param, register_defense
 
 NO_CLIP = 1e30  # stands for "no clipping" inside Opacus (clip factor min(1, C/||g||) == 1)
 
 
 @dataclass
 class DPSGDConfig(PluginConfig):
-    noise_multiplier: float = param(1.0, ge=0.0, sweep=(0.5, 1.0, 2.0, 4.0),
+    noise_multiplier: float = param(1.0, ge=0.0, label=True, sweep=(0.5, 1.0, 2.0, 4.0),
                                     help="Gaussian noise std / clip norm (ignored when "
                                     "target_epsilon > 0)")
     max_grad_norm: float = param(1.0, ge=0.0, help="per-sample clip norm C (0 = no clipping; "
                                  "only with noise_multiplier 0)")
-    target_epsilon: float = param(0.0, ge=0.0, sweep=(1.0, 3.0, 8.0),
+    target_epsilon: float = param(0.0, ge=0.0, label=True, sweep=(1.0, 3.0, 8.0),
                                   help="> 0: calibrate the noise multiplier to this epsilon")
     delta: float = param(1e-5, gt=0.0, lt=1.0, help="delta of the reported (epsilon, delta)")
     accountant: str = param("rdp", choices=("rdp", "prv", "gdp"), help="Opacus accountant")
@@ -80,7 +78,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model._module if isinstance(model, GradSampleModule) else model
 
 
-@DEFENSES.register("dpsgd")
+@register_defense("dpsgd")
 class DPSGD(Defense):
     Config = DPSGDConfig
     summary = "DP-SGD (Opacus): per-sample clipping + Gaussian noise, accountant reports epsilon"

@@ -33,16 +33,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.interfaces import Defense, LossOutput, TrainBatch
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import DEFENSES
+from mi_bench.api import Defense, LossOutput, PluginConfig, TrainBatch, param, register_defense
 
 SIGMA_SHIFT = 5.0  # sigma = softplus(s - 5), as in the paper / official code
 
 
 @dataclass
 class MIDConfig(PluginConfig):
-    beta: float = param(0.1, ge=0.0, sweep=(0.0, 0.003, 0.01, 0.02, 0.1, 0.2),
+    beta: float = param(0.1, ge=0.0, label=True, sweep=(0.0, 0.003, 0.01, 0.02, 0.1, 0.2),
                         help="weight of the KL (information) term; published MNIST 0.1/0.2, "
                         "CelebA 0.003/0.01/0.02")
     bottleneck: int = param(0, ge=0, help="bottleneck size k (0 = feature_dim // 2, the paper's)")
@@ -87,7 +85,7 @@ class VIBHead(nn.Module):
         return f"k={self.k}, inference={self.inference}"
 
 
-@DEFENSES.register("mid")
+@register_defense("mid")
 class MID(Defense):
     Config = MIDConfig
     summary = "MID: variational information bottleneck before the head, CE + beta * KL"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from mi_bench.interfaces import Defense
-from mi_bench.registry import DEFENSES
+from mi_bench.api import Defense, register_defense
 
 
-@DEFENSES.register("none")
+@register_defense("none")
 class NoDefense(Defense):
     summary = "no defense: plain cross-entropy training (the baseline)"
     paper = "-"

@@ -49,18 +49,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.hsic import dependence, gaussian_kernel
-from mi_bench.interfaces import Defense, LossOutput, TrainBatch
-from mi_bench.params import PluginConfig, param
-from mi_bench.registry import DEFENSES
+from mi_bench.api import (
+    Defense, LossOutput, PluginConfig, TrainBatch, dependence, gaussian_kernel, param,
+    register_defense,
+)
 
 
 @dataclass
 class QADConfig(PluginConfig):
-    alpha_q: float = param(0.003, ge=0.0, sweep=(0.0, 0.001, 0.003, 0.01, 0.03),
+    alpha_q: float = param(0.003, ge=0.0, label=True, sweep=(0.0, 0.001, 0.003, 0.01, 0.03),
                            help="weight of the clean/degraded representation dependence "
                            "(maximised); official 0.002-0.003")
-    alpha_r: float = param(0.0, ge=0.0, sweep=(0.0, 0.01, 0.05),
+    alpha_r: float = param(0.0, ge=0.0, label=True, sweep=(0.0, 0.01, 0.05),
                            help="weight of nHSIC(x - x~, Z_l(x)) (minimised); 0 = off")
     ce_weight: float = param(1.0, ge=0.0, help="weight of the cross-entropy on the degraded view")
     layers: list[str] = param(default_factory=list,
@@ -86,7 +86,7 @@ class QADConfig(PluginConfig):
     noise: bool = param(True, help="additive Gaussian noise")
     noise_std: float = param(0.03, ge=0.0, help="std of the additive noise")
     # adversarial weight perturbation
-    awp_gamma: float = param(0.0, ge=0.0, sweep=(0.0, 0.002, 0.006),
+    awp_gamma: float = param(0.0, ge=0.0, label=True, sweep=(0.0, 0.002, 0.006),
                              help="AWP size (relative to each weight's norm); 0 = off; "
                              "official 0.002-0.006")
     awp_warmup: int = param(3, ge=0, help="epochs without AWP at the start (official 3)")
@@ -188,7 +188,7 @@ def awp_perturbation(
     return out
 
 
-@DEFENSES.register("qad")
+@register_defense("qad")
 class QAD(Defense):
     Config = QADConfig
     summary = "QAD-style (adaptation): CE on clean+degraded views, max nHSIC(Z(x), Z(x~)), opt. AWP"

@@ -72,7 +72,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from mi_bench.data import DatasetConfig
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
-from mi_bench.params import param, validate_dataclass
+from mi_bench.params import neutral_defaults, param, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, RegistryError, unknown_choice_message
 from mi_bench.runtime import AMP_CHOICES, COMPILE_CHOICES
 from mi_bench.train import TrainConfig
@@ -325,6 +325,9 @@ class _Option:
         # the class's presets (third-party plugins; built-in baselines inheriting GMI's prior
         # fields), then the YAML's, merged field by field
         presets = {k: dict(v) for k, v in getattr(cls, "presets", {}).items()}
+        source = getattr(cls, "preset_fields_from", None)
+        if source:  # fields whose per-preset values another option's YAML holds (baselines: GMI's)
+            presets = _deep_merge(presets, _fields_of_option(group, *source))
         for k, v in _mapping(data.pop("presets", None), f"{self.origin} presets").items():
             presets[k] = {**presets.get(k, {}), **_mapping(v, f"{self.origin} presets.{k}")}
         datasets = {k: dict(v) for k, v in getattr(cls, "datasets", {}).items()}
@@ -367,6 +370,16 @@ class _Option:
                     out.setdefault(section, []).append(
                         (_mapping(layer[section], f"{where}.{section}"), f"{where}.{section}"))
         return out
+
+
+def _fields_of_option(group: str, option: str, fields: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``{preset: {field: value}}`` of ``fields`` in ``configs/<group>/<option>.yaml`` (its top
+    level, then each ``presets.<preset>``): another plugin's presets, for
+    ``preset_fields_from``."""
+    data = _read_yaml(group, option)
+    top = {k: v for k, v in data.items() if k in fields}
+    return {p: {**top, **{k: v for k, v in (vals or {}).items() if k in fields}}
+            for p, vals in (data.get("presets") or {}).items()}
 
 
 def _option(group: str, option: str) -> _Option:
@@ -526,10 +539,19 @@ HASH_NEUTRAL_DEFAULTS = {"amp": "off", "cuda_graph": False}
 
 def semantic_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """A resolved config (as a dict) without its non-semantic fields, ``drop``, and the fields
-    that are hash-neutral at their default - so records written before such a field existed
-    compare equal to records written after, at the default."""
-    return {k: v for k, v in config.items() if k not in NON_SEMANTIC + drop
-            and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+    that are hash-neutral at their default - top-level ones (``HASH_NEUTRAL_DEFAULTS``) and plugin
+    fields declared ``param(..., neutral_default=True)`` - so records written before such a field
+    existed compare equal to records written after, at the default."""
+    out = {k: v for k, v in config.items() if k not in NON_SEMANTIC + drop
+           and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
+    for section, reg in (("defense", DEFENSES), ("attack", ATTACKS)):
+        sec = out.get(section)
+        if not isinstance(sec, dict) or sec.get("name") not in reg:
+            continue
+        neutral = neutral_defaults(reg.get(sec["name"]).Config)
+        if any(k in sec and sec[k] == v for k, v in neutral.items()):
+            out[section] = {k: v for k, v in sec.items() if not (k in neutral and v == neutral[k])}
+    return out
 
 
 def config_hash(config: dict[str, Any], drop: tuple[str, ...] = ()) -> str:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.models import Classifier, _ch
+from mi_bench.models import ClassifierNet, channels
 from mi_bench.registry import MODELS
 
 VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -61,7 +61,7 @@ def _strip(state: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[st
 
 
 @MODELS.register("vgg16_bn")
-class VGG16BN(Classifier):
+class VGG16BN(ClassifierNet):
     """VGG16-BN target of the CelebA protocol (64x64, 2048-d post-BN feature)."""
 
     summary = "VGG16-BN face target: 5 conv blocks, 2048-d BatchNorm feature at 64x64 (GMI/KED-MI/BiDO)"
@@ -74,7 +74,7 @@ class VGG16BN(Classifier):
         for b, stage in enumerate(VGG16_STAGES, 1):
             layers: list[nn.Module] = []
             for v in stage:
-                c = _ch(v, width)
+                c = channels(v, width)
                 layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
                 c_in = c
             layers.append(nn.MaxPool2d(2, 2))
@@ -145,7 +145,7 @@ def _xavier(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class IRNet(Classifier):
+class IRNet(ClassifierNet):
     """face.evoLVe IR backbone + BN2d/Dropout/Linear/BN1d feature layer + linear head."""
 
     input_size: int | None = None
@@ -155,7 +155,7 @@ class IRNet(Classifier):
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0):
         super().__init__()
-        w = [_ch(c, width) for c in IR_WIDTHS]
+        w = [channels(c, width) for c in IR_WIDTHS]
         self.input_layer = nn.Sequential(nn.Conv2d(in_channels, w[0], 3, 1, 1, bias=False),
                                          nn.BatchNorm2d(w[0]), nn.PReLU(w[0]))
         units: list[nn.Module] = []
@@ -168,7 +168,7 @@ class IRNet(Classifier):
             ends.append(f"body.{len(units) - 1}")
         self.body = nn.Sequential(*units)
         self.pool = nn.AdaptiveAvgPool2d(self.spatial)
-        feat = _ch(512, width)
+        feat = channels(512, width)
         self.output_layer = nn.Sequential(
             nn.BatchNorm2d(c_in), nn.Dropout(), nn.Flatten(),
             nn.Linear(c_in * self.spatial**2, feat), nn.BatchNorm1d(feat),

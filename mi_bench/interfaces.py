@@ -30,13 +30,35 @@ pipeline, identically for every attack.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from mi_bench.params import PluginConfig
 from mi_bench.runtime import NO_ACCEL, Accel
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """What every classifier in mi-bench offers (targets, evaluator, judges, surrogates), and so
+    what a plugin may rely on in the target it is given:
+
+    * ``embed(x)``       the penultimate feature, (N, ``feature_dim``);
+    * ``head``           the final ``nn.Linear``: logits = ``head(embed(x))`` (MID swaps it for a
+                         variational bottleneck);
+    * ``hidden_layers``  names of the modules a defense taps by default (``get_submodule(name)``);
+    * ``feature_dim``    the size of ``embed(x)``;
+    * calling it gives the logits, (N, classes).
+    """
+
+    hidden_layers: tuple[str, ...]
+    feature_dim: int
+    head: nn.Module
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -166,6 +188,13 @@ class Attack:
     requirements: ClassVar[AttackRequirements] = AttackRequirements()
     prior_version: ClassVar[str] = "1"  # bump when the prior's training code changes
     prior_name: ClassVar[str] = ""  # "" = its own; another attack's name to share its cached prior
+    # (attack option, fields): take these fields' per-preset values from another attack option's
+    # YAML (the calibration baselines follow GMI's presets), resolved by mi_bench.config
+    preset_fields_from: ClassVar[tuple[str, tuple[str, ...]] | None] = None
+    # a calibration baseline (how much of a score needs no attack): > 0, its column in the
+    # margin tables (mi_bench.results.effects.baseline_margins); 0 = a real attack
+    calibration: ClassVar[int] = 0
+    aux_version: ClassVar[str] = "1"  # bump when train_target_aux's code changes
     # True where train_prior honours Accel(graph=True) (cuda_graph=true): such priors get keys of
     # their own, since the replayed step draws its random numbers differently
     graphed_prior: ClassVar[bool] = False
@@ -187,6 +216,21 @@ class Attack:
     ) -> dict[str, torch.Tensor]:
         """Train the prior on public images (N, C, H, W) in [0, 1]. ``target`` is given (frozen,
         eval mode) only when ``requirements.prior == "per_target"``."""
+        return {}
+
+    def target_aux_spec(self) -> dict[str, Any] | None:
+        """What this attack trains *per target* besides its prior (LOMMA's surrogate classifiers
+        and feature mean), as a JSON-able spec of the settings it depends on; ``None`` (the
+        default): nothing. The pipeline caches the artifact under the spec, ``aux_version``, the
+        target's key, the public set and the run seed."""
+        return None
+
+    def train_target_aux(
+        self, public: torch.Tensor, target: nn.Module, *, seed: int, progress: Any
+    ) -> dict[str, torch.Tensor]:
+        """Train the per-target artifact (called only when :meth:`target_aux_spec` is not None;
+        ``target`` frozen, eval mode). Its tensors reach :meth:`invert` inside ``prior``, each
+        key prefixed ``aux.``."""
         return {}
 
     def invert(

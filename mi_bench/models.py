@@ -23,7 +23,8 @@ from torch import nn
 from mi_bench.registry import MODELS
 
 
-def _ch(c: int, width: float) -> int:
+def channels(c: int, width: float) -> int:
+    """A channel count ``c`` scaled by ``width`` (at least 4): the CPU-sized networks' rule."""
     return max(4, int(round(c * width)))
 
 
@@ -36,7 +37,10 @@ def _block(cin: int, cout: int, k: int, pad: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Classifier(nn.Module):
+class ClassifierNet(nn.Module):
+    """Base of the built-in classifiers: ``forward = head(embed(x))``; satisfies
+    :class:`mi_bench.interfaces.Classifier`."""
+
     hidden_layers: tuple[str, ...] = ()
     feature_dim: int
 
@@ -48,7 +52,7 @@ class Classifier(nn.Module):
 
 
 @MODELS.register("mcnn")
-class MCNN(Classifier):
+class MCNN(ClassifierNet):
     """Target network of the MNIST protocol (BiDO/KED-MI): three conv blocks, ~1.0 M params."""
 
     summary = "MNIST-protocol target: 3 conv blocks (64-128-256) + linear (BiDO/KED-MI)"
@@ -56,7 +60,7 @@ class MCNN(Classifier):
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
         super().__init__()
-        c1, c2, c3 = _ch(64, width), _ch(128, width), _ch(256, width)
+        c1, c2, c3 = channels(64, width), channels(128, width), channels(256, width)
         self.block1 = _block(in_channels, c1, 7, 1, pool=True)
         self.block2 = _block(c1, c2, 5, 0, pool=True)
         self.block3 = _block(c2, c3, 5, 0, pool=False)
@@ -69,7 +73,7 @@ class MCNN(Classifier):
 
 
 @MODELS.register("scnn")
-class SCNN(Classifier):
+class SCNN(ClassifierNet):
     """Evaluation network of the MNIST protocol: five conv blocks (32-64-128-256-512)."""
 
     summary = "MNIST-protocol evaluator: 5 conv blocks (32-...-512) + linear (BiDO)"
@@ -77,7 +81,7 @@ class SCNN(Classifier):
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
         super().__init__()
-        c = [_ch(v, width) for v in (32, 64, 128, 256, 512)]
+        c = [channels(v, width) for v in (32, 64, 128, 256, 512)]
         self.block1 = _block(in_channels, c[0], 7, 1, pool=True)
         self.block2 = _block(c[0], c[1], 5, 0, pool=True)
         self.block3 = _block(c[1], c[2], 5, 0, pool=False)
@@ -112,7 +116,7 @@ class _BasicBlock(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
-class ResNet(Classifier):
+class ResNet(ClassifierNet):
     """CIFAR-style ResNet (He et al., CVPR 2016, section 4.2): a 3x3 stem, three stages of
     ``blocks`` basic blocks with 16-32-64 channels (stride 2 between stages), global average
     pooling, linear head; depth ``6 * blocks + 2``. A different family from MCNN/SCNN (residual
@@ -123,7 +127,7 @@ class ResNet(Classifier):
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
         super().__init__()
-        c = [_ch(v, width) for v in (16, 32, 64)]
+        c = [channels(v, width) for v in (16, 32, 64)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, c[0], 3, 1, 1, bias=False),
                                   nn.BatchNorm2d(c[0]), nn.ReLU())
         stages, cin = [], c[0]
@@ -154,7 +158,7 @@ class ResNet20(ResNet):
 
 
 @MODELS.register("madrynet")
-class MadryNet(Classifier):
+class MadryNet(ClassifierNet):
     """The MNIST network of Madry et al. (ICLR 2018, their public MNIST challenge model):
     conv 5x5 (32) + ReLU + max-pool, conv 5x5 (64) + ReLU + max-pool, fully connected 1024 +
     ReLU, linear head. No BatchNorm, so the network attacked by PGD during adversarial training
@@ -166,7 +170,7 @@ class MadryNet(Classifier):
 
     def __init__(self, num_classes: int, in_channels: int = 1, width: float = 1.0):
         super().__init__()
-        c1, c2, f = _ch(32, width), _ch(64, width), _ch(1024, width)
+        c1, c2, f = channels(32, width), channels(64, width), channels(1024, width)
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, c1, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2))
         self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
                                    nn.AdaptiveAvgPool2d(8), nn.Flatten())
@@ -179,7 +183,7 @@ class MadryNet(Classifier):
 
 
 def build_model(name: str, *, num_classes: int, in_channels: int, width: float,
-                pretrained: str = "", pretrained_sha256: str = "", what: str = "model") -> Classifier:
+                pretrained: str = "", pretrained_sha256: str = "", what: str = "model") -> ClassifierNet:
     """A registered model; with ``pretrained`` it is initialised from that weights file after
     checking its SHA-256 (``mi_bench.weights``)."""
     model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, width=width)

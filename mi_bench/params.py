@@ -1,9 +1,20 @@
 """Typed hyperparameters with ranges, choices and help text.
 
 Every config section (a plugin's ``Config`` dataclass included) declares its fields with
-:func:`param`. The metadata drives validation (range/choices errors name the field and what it
-accepts), help text, sweep ranges (DomainBed-style), and which attack
-fields determine the attack's prior (``prior=True``; only those enter the prior's cache key).
+:func:`param`. The metadata drives:
+
+* validation: ``ge``/``gt``/``le``/``lt``/``choices`` (errors name the field and what it accepts);
+* help text (``mi-bench show-config`` and the README);
+* ``label=True``: a *strength* field. It is written into the leaderboard label of every run
+  (``bido[lambda_x=0.05,lambda_y=0.5]``), so runs at different strengths are different entries.
+  Choice fields (``choices=``) that differ from their default are added to the label too.
+* ``sweep=(...)``: the field's documented range. ``mi-bench sweep defense.lambda_y=@sweep``
+  expands to it (DomainBed's hyperparameter registry, without random sampling);
+* ``prior=True`` (attack fields): the attack's prior depends on this field, so it enters the
+  prior's cache key; every other field must leave the prior unchanged
+  (``tests/test_plugin_contract.py`` checks it by perturbing each one);
+* ``neutral_default=True``: a field added after results were recorded. At its default it is left
+  out of every config hash, so earlier results keep their hashes (``mi_bench.config.semantic_config``).
 """
 
 from __future__ import annotations
@@ -23,14 +34,16 @@ def param(
     lt: float | None = None,
     choices: Sequence[Any] | None = None,
     sweep: Sequence[Any] | None = None,
+    label: bool = False,
     prior: bool = False,
+    neutral_default: bool = False,
     default_factory: Any = MISSING,
 ) -> Any:
     meta = {
         "help": help, "ge": ge, "gt": gt, "le": le, "lt": lt,
         "choices": tuple(choices) if choices is not None else None,
         "sweep": tuple(sweep) if sweep is not None else None,
-        "prior": prior,
+        "label": label, "prior": prior, "neutral_default": neutral_default,
     }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -83,3 +96,34 @@ def prior_fields(cfg: Any) -> dict[str, Any]:
         if f.metadata.get("prior")
     }
 
+
+
+def label_fields(cfg: Any) -> dict[str, Any]:
+    """The fields of a plugin config that name its runs in the leaderboard: the strength fields
+    (``label=True``) and the choice fields that differ from their default, in declaration order."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if f.name == "name":
+            continue
+        value = getattr(cfg, f.name)
+        if f.metadata.get("label") or (f.metadata.get("choices") and value != f.default):
+            out[f.name] = value
+    return out
+
+
+def sweep_range(cfg_cls: Any, name: str) -> tuple[Any, ...] | None:
+    """The documented range (``sweep=``) of field ``name`` of a config dataclass, or None."""
+    for f in dataclasses.fields(cfg_cls):
+        if f.name == name:
+            return f.metadata.get("sweep")
+    return None
+
+
+def neutral_defaults(cfg_cls: Any) -> dict[str, Any]:
+    """``{field: default}`` of the fields marked ``neutral_default=True`` (hash-neutral at their
+    default)."""
+    out = {}
+    for f in dataclasses.fields(cfg_cls):
+        if f.metadata.get("neutral_default"):
+            out[f.name] = f.default if f.default is not MISSING else f.default_factory()
+    return out

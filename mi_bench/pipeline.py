@@ -53,7 +53,7 @@ from mi_bench.judges import JUDGE_PROTOCOL, NONE, Judge, JudgeRecipe, describe, 
 from mi_bench.labelling import copy_labels
 from mi_bench.metrics import _embed, metrics_protocol, score_inversion
 from mi_bench.models import build_model
-from mi_bench.params import prior_fields
+from mi_bench.params import label_fields, prior_fields
 from mi_bench.registry import ATTACKS, DEFENSES
 from mi_bench.results import ResultStore, ResultsError, json_safe, preflight
 from mi_bench.runs import (
@@ -82,16 +82,11 @@ def new_run_id() -> str:
 
 
 def defense_label(defense_cfg: Any, recipe: str = "") -> str:
-    """``bido[lambda_x=0.05,lambda_y=0.5]``: the name, its strength fields (those with a sweep
-    range) and any choice field that differs from its default (``measure=coco``); a target
-    trained with another defense option's recipe adds it (``none[recipe=bido]``)."""
-    parts = []
-    for f in dataclasses.fields(defense_cfg):
-        value = getattr(defense_cfg, f.name)
-        if f.name == "name":
-            continue
-        if f.metadata.get("sweep") or (f.metadata.get("choices") and value != f.default):
-            parts.append(f"{f.name}={value}")
+    """``bido[lambda_x=0.05,lambda_y=0.5]``: the name and its label fields
+    (:func:`mi_bench.params.label_fields`: the strength fields, ``label=True``, and any choice
+    field that differs from its default, e.g. ``measure=coco``); a target trained with another
+    defense option's recipe adds it (``none[recipe=bido]``)."""
+    parts = [f"{k}={v}" for k, v in label_fields(defense_cfg).items()]
     if recipe:
         parts.append(f"recipe={recipe}")
     return f"{defense_cfg.name}[{','.join(parts)}]" if parts else defense_cfg.name
@@ -165,6 +160,18 @@ def prior_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str,
     return _with_amp(spec, cfg)
 
 
+def aux_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str, Any] | None:
+    """The key spec of the attack's per-target artifact (:meth:`Attack.target_aux_spec`), or None."""
+    attack_cls = ATTACKS.get(cfg.attack.name)
+    own = attack_cls(cfg.attack, image_shape=splits.image_shape, num_classes=splits.num_private_classes,
+                     device=torch.device("cpu")).target_aux_spec()
+    if own is None:
+        return None
+    return _with_amp({"stage": "aux", "attack": cfg.attack.name, "version": attack_cls.aux_version,
+                      "aux": own, "target": target_key, "public": splits.fingerprint(("public",)),
+                      "seed": cfg.seed}, cfg)
+
+
 def artifact_plan(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, str]]:
     """``{stage: (cache kind, key)}`` of the artifacts a run of ``cfg`` trains or loads.
 
@@ -182,6 +189,9 @@ def artifact_plan(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, st
     spec = prior_spec(cfg, splits, target_key)
     if spec is not None:
         plan["prior"] = (f"prior-{spec['attack']}", stable_hash(spec))
+    aux = aux_spec(cfg, splits, target_key)
+    if aux is not None:
+        plan["aux"] = (f"aux-{aux['attack']}", stable_hash(aux))
     return plan
 
 
@@ -329,6 +339,28 @@ class Runner:
                                    "shared_across_targets": req.prior == "shared"}
         return tensors
 
+    def aux(self, attack: Attack, splits: DataSplits, target: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The attack's per-target artifact (trained or loaded), keys prefixed ``aux.``; {} when
+        the attack trains none."""
+        spec = aux_spec(self.cfg, splits, self.artifacts["target"]["key"])
+        if spec is None:
+            return {}
+        key, kind = stable_hash(spec), f"aux-{spec['attack']}"
+        t0 = time.perf_counter()
+
+        def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            tensors = attack.train_target_aux(splits.public[0], target, seed=self.cfg.seed, progress=self.bars)
+            return tensors, {"spec": spec}
+
+        tensors, meta, cached = self.store.load_or_build(kind, key, build)
+        if cached:
+            log.info("%s: cached %s - no training", kind, key)
+        else:
+            self.trained.append("aux")
+        self._timed("aux", t0)
+        self.artifacts["aux"] = {"key": key, "sha256": meta["sha256"], "cached": cached}
+        return {f"aux.{k}": v for k, v in tensors.items()}
+
     # -- whole run ----------------------------------------------------------------------------
     def _splits(self) -> DataSplits:
         t0 = time.perf_counter()
@@ -361,6 +393,7 @@ class Runner:
         for p in target.parameters():
             p.requires_grad_(False)
         prior = self.prior(attack, splits, target)
+        prior = {**prior, **self.aux(attack, splits, target)}
         t0 = time.perf_counter()
         inversion = attack.invert(target, prior, classes, seed=cfg.seed, progress=self.bars)
         self._timed("inversion", t0)

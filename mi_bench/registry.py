@@ -1,7 +1,10 @@
 """One registry mechanism for attacks, defenses, datasets and models.
 
-Built-in plugins register themselves with a decorator when their package is imported;
-third-party packages add plugins through entry-point groups (``mi_bench.attacks``,
+Built-in plugins register themselves with a decorator when their module is imported. The
+built-in attack and defense packages are *discovered*: every module of ``mi_bench.attacks`` /
+``mi_bench.defenses`` (``attacks/``, ``defenses/`` in the repository) whose name does not start
+with ``_`` is imported, so a new built-in plugin is one new file and nothing else. Third-party
+packages add plugins through entry-point groups (``mi_bench.attacks``,
 ``mi_bench.defenses``, ``mi_bench.datasets``, ``mi_bench.models``). An entry point names a
 class or function; importing it is enough when it uses the decorator, otherwise the loaded
 object is registered under the entry point's name. A plugin that fails to load produces a
@@ -63,7 +66,8 @@ class Registry(Generic[T]):
             return
         self._loaded = True
         for mod in self._builtin_modules:
-            importlib.import_module(mod)
+            for name in discover(mod):
+                importlib.import_module(name)
         for ep in entry_points(group=self.group):
             if ep.name in self._items:
                 continue
@@ -98,6 +102,18 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._items
+
+
+def discover(module: str) -> list[str]:
+    """``module`` and, when it is a package, each of its modules not starting with ``_``
+    (sorted by name): the modules to import so that their plugins register."""
+    import pkgutil
+
+    mod = importlib.import_module(module)
+    if not hasattr(mod, "__path__"):
+        return [module]
+    return [module] + sorted(f"{module}.{m.name}" for m in pkgutil.iter_modules(mod.__path__)
+                             if not m.name.startswith("_"))
 
 
 def unknown_choice_message(what: str, value: str, valid: list[str]) -> str:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.attacks.gan import prefixed
+from mi_bench.attacks.common import prefixed
 from mi_bench.attacks.gmi import GMI, GMIConfig
 from mi_bench.attacks.kedmi import KEDMI, KEDDiscriminator, KEDMIConfig, entropy
 from mi_bench.attacks.plgmi import PLGMI, PLGMIConfig, ResNetGenerator, SNProjectionDiscriminator

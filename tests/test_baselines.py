@@ -76,7 +76,7 @@ def test_random_keeps_the_candidate_the_target_prefers(digits_world):
     prior = atk.train_prior(w.splits.public[0][:256], None, seed=0, progress=NULL_BARS)
     inv = atk.invert(w.target, prior, [0, 3], seed=0, progress=NULL_BARS)
     assert inv.images.shape == (2, cfg.samples_per_class, 1, 32, 32)
-    from mi_bench.attacks.gan import DCGANGenerator, load_prefixed
+    from mi_bench.attacks.common import DCGANGenerator, load_prefixed
     gen = load_prefixed("G", DCGANGenerator((1, 32, 32), cfg.latent_dim, cfg.gan_width), prior).eval()
     with torch.no_grad():
         pool = w.target(gen(torch.randn(256, cfg.latent_dim)))

@@ -138,7 +138,7 @@ def test_smoke_seeded_and_shapes():
 
 
 def test_soft_labels_use_eval_mode_without_grad():
-    from mi_bench.attacks.kedmi import target_probs
+    from mi_bench.attacks.common import target_probs
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8),

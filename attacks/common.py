@@ -1,4 +1,10 @@
-"""GAN building blocks shared by the attacks: GMI's DCGAN generator and WGAN-GP critic.
+"""What the built-in attacks share (public: any attack plugin may use it, through
+``mi_bench.api`` or directly): GMI's DCGAN generator and WGAN-GP critic, the GAN image-size rule
+(:func:`n_stages`), priors as flat state dicts (:func:`prefixed` / :func:`load_prefixed`),
+endless index batches (:func:`sample_batches`), and a frozen target (:func:`frozen`,
+:func:`target_probs`: eval mode, no gradients, both restored after).
+
+The GAN networks:
 
 At ``width=64`` these are the published networks (methods.md section 3):
 * 32x32x1 (MNIST): Linear(100 -> 256*4*4) + BN + ReLU, transposed convs 256->128->64->1, sigmoid;
@@ -19,14 +25,18 @@ backward it needs). The maths and every random draw are those of the CPU code.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mi_bench.runtime import upload
 
 
-def _n_stages(size: int) -> int:
+def n_stages(size: int) -> int:
+    """Stride-2 stages from 4x4 to ``size`` (32 -> 3, 64 -> 4); ValueError unless size = 4 * 2^k."""
     n = int(round(math.log2(size / 4)))
     if n < 1 or 4 * 2**n != size:
         raise ValueError(f"GAN image size must be 4 * 2^k (e.g. 32, 64); got {size}")
@@ -37,7 +47,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], latent_dim: int = 100, width: int = 64):
         super().__init__()
         c_out, size, _ = image_shape
-        n = _n_stages(size)
+        n = n_stages(size)
         chans = [width * 2 ** (n - 1 - i) for i in range(n)]  # e.g. 256, 128, 64
         self.latent_dim = latent_dim
         self.fc = nn.Sequential(
@@ -62,7 +72,7 @@ class WGANCritic(nn.Module):
     def __init__(self, image_shape: tuple[int, int, int], width: int = 64):
         super().__init__()
         c_in, size, _ = image_shape
-        n = _n_stages(size)
+        n = n_stages(size)
         chans = [width * 2**i for i in range(n)]  # 64, 128, 256 (, 512)
         layers: list[nn.Module] = [nn.Conv2d(c_in, chans[0], 5, 2, 2), nn.LeakyReLU(0.2)]
         for cin, cout in zip(chans[:-1], chans[1:]):
@@ -109,3 +119,32 @@ def sample_batches(n: int, batch_size: int, generator: torch.Generator,
             yield perm[i:i + batch_size]
         if n < batch_size:
             yield perm
+
+
+# -- a frozen target -------------------------------------------------------------------------
+
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on every parameter; both restored on exit."""
+    saved = []
+    for m in modules:
+        saved.append((m, m.training, [(p, p.requires_grad) for p in m.parameters()]))
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for m, was, flags in saved:
+            m.train(was)
+            for p, rg in flags:
+                p.requires_grad_(rg)
+
+
+@torch.no_grad()
+def target_probs(target: nn.Module, x: torch.Tensor, device: torch.device,
+                 batch_size: int = 256) -> torch.Tensor:
+    """softmax(T(x)) with T in eval mode, under no_grad (CPU tensor)."""
+    with frozen(target):
+        return torch.cat([F.softmax(target(xb.to(device)).float(), 1).cpu()
+                          for xb in x.split(batch_size)])
