@@ -48,8 +48,9 @@ from mi_bench.hsic import (
 from mi_bench.interfaces import (
     Attack, AttackRequirements, Classifier, Defense, Inversion, LossOutput, TrainBatch,
 )
+from mi_bench.models import build_model
 from mi_bench.params import PluginConfig, param
-from mi_bench.registry import ATTACKS, DEFENSES
+from mi_bench.registry import ATTACKS, DEFENSES, MODELS
 from mi_bench.runtime import FiniteCheck, GraphedStep, gather, host_floats, to_device, upload
 
 register_attack = ATTACKS.register
@@ -60,8 +61,8 @@ __all__ = [
     "Attack", "AttackRequirements", "Classifier", "Defense", "Inversion", "LossOutput", "TrainBatch",
     # configs
     "PluginConfig", "param",
-    # registration
-    "register_attack", "register_defense",
+    # registration; the classifier families (build_model(name, ...), MODELS.names())
+    "register_attack", "register_defense", "build_model", "MODELS",
     # attack helpers (mi_bench.attacks.common)
     "DCGANGenerator", "WGANCritic", "frozen", "gradient_penalty", "load_prefixed", "n_stages",
     "prefixed", "sample_batches", "target_probs",
