@@ -72,7 +72,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from mi_bench.data import DatasetConfig
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
-from mi_bench.params import neutral_defaults, param, validate_dataclass
+from mi_bench.params import param, strip_neutral, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, RegistryError, unknown_choice_message
 from mi_bench.runtime import AMP_CHOICES, COMPILE_CHOICES
 from mi_bench.train import TrainConfig
@@ -537,21 +537,21 @@ NON_SEMANTIC = ("threads", "device", "compile", "tf32", "data_root", "cache_dir"
 HASH_NEUTRAL_DEFAULTS = {"amp": "off", "cuda_graph": False}
 
 
+def _plugin_config_class(section: str, values: dict[str, Any]) -> Any:
+    reg = {"defense": DEFENSES, "attack": ATTACKS}.get(section)
+    name = values.get("name")
+    return reg.get(name).Config if reg is not None and name in reg else None
+
+
 def semantic_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """A resolved config (as a dict) without its non-semantic fields, ``drop``, and the fields
-    that are hash-neutral at their default - top-level ones (``HASH_NEUTRAL_DEFAULTS``) and plugin
-    fields declared ``param(..., neutral_default=True)`` - so records written before such a field
-    existed compare equal to records written after, at the default."""
+    that are hash-neutral at their default - top-level ones (``HASH_NEUTRAL_DEFAULTS``) and any
+    field declared ``param(..., neutral_default=True)``, in any section, plugins included - so
+    records written before such a field existed compare equal to records written after, at the
+    default."""
     out = {k: v for k, v in config.items() if k not in NON_SEMANTIC + drop
            and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])}
-    for section, reg in (("defense", DEFENSES), ("attack", ATTACKS)):
-        sec = out.get(section)
-        if not isinstance(sec, dict) or sec.get("name") not in reg:
-            continue
-        neutral = neutral_defaults(reg.get(sec["name"]).Config)
-        if any(k in sec and sec[k] == v for k, v in neutral.items()):
-            out[section] = {k: v for k, v in sec.items() if not (k in neutral and v == neutral[k])}
-    return out
+    return strip_neutral(out, RunConfig, _plugin_config_class)
 
 
 def config_hash(config: dict[str, Any], drop: tuple[str, ...] = ()) -> str:

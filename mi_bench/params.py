@@ -119,11 +119,45 @@ def sweep_range(cfg_cls: Any, name: str) -> tuple[Any, ...] | None:
     return None
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
 def neutral_defaults(cfg_cls: Any) -> dict[str, Any]:
     """``{field: default}`` of the fields marked ``neutral_default=True`` (hash-neutral at their
     default)."""
+    return {f.name: _default(f) for f in dataclasses.fields(cfg_cls) if f.metadata.get("neutral_default")}
+
+
+def strip_neutral(values: dict[str, Any], cfg_cls: Any, plugin_classes: Any = None) -> dict[str, Any]:
+    """``values`` (a config section as a dict) without the ``neutral_default`` fields of
+    ``cfg_cls`` that hold their default, recursively into nested config sections. Sections typed
+    ``Any`` (a run's ``defense`` / ``attack``) are resolved by ``plugin_classes(section, dict)``
+    (a plugin's ``Config`` class, or None). Fields unknown to ``cfg_cls`` are kept: records
+    written by other versions hash as they were."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cfg_cls)
+    except Exception:  # noqa: BLE001 - an unresolvable annotation: compare by name only
+        hints = {}
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
     out = {}
-    for f in dataclasses.fields(cfg_cls):
-        if f.metadata.get("neutral_default"):
-            out[f.name] = f.default if f.default is not MISSING else f.default_factory()
+    for k, v in values.items():
+        f = fields.get(k)
+        if f is not None and f.metadata.get("neutral_default") and v == _default(f):
+            continue
+        sub = hints.get(k)
+        if isinstance(v, dict):
+            if not (isinstance(sub, type) and dataclasses.is_dataclass(sub)) and plugin_classes is not None:
+                sub = plugin_classes(k, v)
+            if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+                v = strip_neutral(v, sub, plugin_classes)
+        out[k] = v
     return out
+
+
+def hash_dict(obj: Any) -> dict[str, Any]:
+    """A config section (dataclass instance) as the dict that enters cache keys: ``asdict``
+    without its ``neutral_default`` fields at their default (recursively)."""
+    return strip_neutral(dataclasses.asdict(obj), type(obj), lambda _k, _v: None)

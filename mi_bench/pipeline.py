@@ -53,7 +53,7 @@ from mi_bench.judges import JUDGE_PROTOCOL, NONE, Judge, JudgeRecipe, describe, 
 from mi_bench.labelling import copy_labels
 from mi_bench.metrics import _embed, metrics_protocol, score_inversion
 from mi_bench.models import build_model
-from mi_bench.params import label_fields, prior_fields
+from mi_bench.params import hash_dict, label_fields, prior_fields, strip_neutral
 from mi_bench.registry import ATTACKS, DEFENSES
 from mi_bench.results import ResultStore, ResultsError, json_safe, preflight
 from mi_bench.runs import (
@@ -116,7 +116,7 @@ def target_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
     return _with_amp({
         "stage": "target", "version": TARGET_VERSION,
         "data": splits.fingerprint(("private_train", "private_val")),
-        "train": to_dict(cfg.target), "defense": to_dict(cfg.defense), "seed": cfg.seed,
+        "train": hash_dict(cfg.target), "defense": hash_dict(cfg.defense), "seed": cfg.seed,
     }, cfg)
 
 
@@ -129,14 +129,14 @@ def judge_specs(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, dict
     data = splits.fingerprint(("eval_train", "eval_val"))
     out: dict[str, tuple[str, dict[str, Any], Any, int]] = {
         "eval": ("evaluator", {"stage": "evaluator", "version": EVALUATOR_VERSION, "data": data,
-                               "train": to_dict(cfg.evaluator), "seed": cfg.eval_seed, **shared},
+                               "train": hash_dict(cfg.evaluator), "seed": cfg.eval_seed, **shared},
                  cfg.evaluator, cfg.eval_seed)}
     for name in cfg.judges:
         if name == "eval":
             continue
         tcfg = getattr(cfg.judge, name)
         out[name] = (f"judge-{name}", {"stage": "judge", "judge": name, "version": JUDGE_VERSION,
-                                       "data": data, "train": to_dict(tcfg), **shared},
+                                       "data": data, "train": hash_dict(tcfg), **shared},
                      tcfg, tcfg.seed)
     return out
 
@@ -150,7 +150,7 @@ def prior_spec(cfg: RunConfig, splits: DataSplits, target_key: str) -> dict[str,
     owner = attack_cls.prior_name or cfg.attack.name  # baselines share GMI's prior (same key)
     spec: dict[str, Any] = {
         "stage": "prior", "attack": owner, "version": attack_cls.prior_version,
-        "prior": prior_fields(cfg.attack), "public": splits.fingerprint(("public",)),
+        "prior": strip_neutral(prior_fields(cfg.attack), type(cfg.attack)), "public": splits.fingerprint(("public",)),
         "image_shape": list(splits.image_shape), "seed": cfg.seed,
     }
     if req.prior == "per_target":
