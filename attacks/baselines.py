@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 import torch
 from torch.nn import functional as F

@@ -39,20 +39,15 @@ from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mi_bench.errors import (
+    ArtifactCorrupt, ArtifactError,
+)
 from mi_bench.fsutil import atomic_write, sweep_tmp
 
 log = logging.getLogger(__name__)
 
 TENSORS = "tensors.safetensors"
 META = "meta.json"
-
-
-class ArtifactError(RuntimeError):
-    """A checkpoint or cached artifact cannot be used; the message names the file and the fix."""
-
-
-class ArtifactCorrupt(ArtifactError):
-    """A cached artifact cannot be read or fails its checksum (the cache moves it aside)."""
 
 
 def resolve_cache_dir(configured: str) -> Path:

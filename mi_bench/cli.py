@@ -34,9 +34,10 @@ import click
 from rich.table import Table
 
 from mi_bench.config import RunConfig, compose, to_yaml
+from mi_bench.errors import USER_ERRORS
 from mi_bench.registry import REGISTRIES
 from mi_bench.runtime import Bars, console, setup_logging, stdout_console
-from mi_bench.sweep import USER_ERRORS, failure_line
+from mi_bench.sweep import failure_line
 
 log = logging.getLogger("mi_bench")
 
@@ -145,7 +146,7 @@ def _run_one(cfg: RunConfig, quiet: bool) -> dict:
     try:
         # stdout carries only the command's result (table or JSON): anything a library prints
         # while the pipeline runs goes to stderr with the logs and progress bars
-        with contextlib.redirect_stdout(sys.stderr), Bars(enabled=not quiet) as bars:
+        with contextlib.redirect_stdout(sys.stderr), Bars(not quiet, cfg.progress_interval_s) as bars:
             return run(cfg, bars)
     except USER_ERRORS as exc:
         _fail(str(exc))
@@ -159,7 +160,7 @@ def _run_one(cfg: RunConfig, quiet: bool) -> dict:
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="print the run record as JSON on stdout")
-@click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--quiet", is_flag=True, help="no progress bars, and no progress lines when stderr is not a terminal")
 def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     """Train (or load cached) target, evaluator and prior; attack; score; store the record.
 
@@ -186,7 +187,7 @@ def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
               help="results database: where run ids are looked up and the new records are indexed")
 @click.option("--all", "all_runs", is_flag=True, help="every run of --db not re-scored already")
 @click.option("--json", "as_json", is_flag=True, help="print the new records as a JSON list on stdout")
-@click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--quiet", is_flag=True, help="no progress bars, and no progress lines when stderr is not a terminal")
 def rescore(items: tuple[str, ...], db: str, all_runs: bool, as_json: bool, quiet: bool) -> None:
     """Score stored runs again from their saved reconstructions, with today's judges and metrics.
 
@@ -213,7 +214,7 @@ def rescore(items: tuple[str, ...], db: str, all_runs: bool, as_json: bool, quie
     except USER_ERRORS as exc:
         _fail(str(exc))
     try:
-        with contextlib.redirect_stdout(sys.stderr), Bars(enabled=not quiet) as bars:
+        with contextlib.redirect_stdout(sys.stderr), Bars(not quiet, jobs[0].cfg.progress_interval_s) as bars:
             recs = rs.rescore_all(jobs, splits, bars)
     except USER_ERRORS as exc:
         _fail(str(exc))
@@ -261,7 +262,7 @@ def _rescore_table(rec: dict) -> Table:
 @click.option("--retry-failed", is_flag=True, help="run again the cells that failed before")
 @click.option("--force", is_flag=True, help="re-run cells that already have a record")
 @click.option("--wait/--no-wait", default=False, help="slurm: wait for the jobs, then index their records")
-@click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--quiet", is_flag=True, help="no progress bars, and no progress lines when stderr is not a terminal")
 def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool, show_status: bool,
           retry_failed: bool, force: bool, wait: bool, quiet: bool) -> None:
     """Run the cartesian product of comma-separated values (``defense.lambda_y=0.5,1,2``).
@@ -344,7 +345,7 @@ def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool
         for k, c in enumerate(todo, 1):
             log.info("[%d/%d] %s", k, len(todo), c.label)
             t0 = time.perf_counter()
-            with Bars(enabled=not quiet) as bars:
+            with Bars(not quiet, c.cfg.progress_interval_s) as bars:
                 results[c.hash] = sw.run_cell(state.folder, c.hash, bars=bars, force=force)
             sw.report_cell(state, c, results[c.hash], time.perf_counter() - t0, k, len(todo))
     failed = [h for h, s in results.items() if s == "failed"]
@@ -545,7 +546,7 @@ def leaderboard(db: str, records: tuple[Path, ...], fmt: str, wide: bool, output
     if fmt == "table" and output is None:
         from rich.console import Console
 
-        from mi_bench.terminal import board as term_board
+        from mi_bench.results.terminal import board as term_board
 
         out = stdout_console()
         parts, need = term_board(rows, width=out.width, wide=wide)
@@ -602,7 +603,7 @@ def report(db: str, records: tuple[Path, ...], output: Path, data_root: str | No
       mi-bench report --records results/bench/attacks.records.jsonl --attack gmi -o gmi.html
     """
     from mi_bench.fsutil import atomic_write
-    from mi_bench.report import ReportOptions, build_report, screenshot_page
+    from mi_bench.results.report import ReportOptions, build_report, screenshot_page
     from mi_bench.results import baseline_margins, defense_effects, leaderboard as board, select
 
     recs = _load(db, records)
@@ -683,7 +684,7 @@ def db_export(db_path: str, output: Path) -> None:
     from mi_bench.results import dump_jsonl, load_records
 
     try:
-        recs = load_records(db_path)
+        recs = load_records(db_path, upgrade=False)  # as stored
     except USER_ERRORS as exc:
         _fail(str(exc))
     text = dump_jsonl(recs)

@@ -71,9 +71,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mi_bench.data import DatasetConfig
+from mi_bench.errors import (
+    ConfigError, RegistryError,
+)
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
 from mi_bench.params import param, strip_neutral, validate_dataclass
-from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, RegistryError, unknown_choice_message
+from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, unknown_choice_message
 from mi_bench.runtime import AMP_CHOICES, COMPILE_CHOICES
 from mi_bench.train import TrainConfig
 
@@ -83,10 +86,6 @@ DEFAULTS = {"preset": "quick", "dataset": "digits", "defense": "none", "attack":
 BASELINE = "none"  # the defense option whose dataset entries hold the published baseline recipes
 # sections a dataset entry of a defense / attack YAML may patch
 ENTRY_SECTIONS = {"defense": ("target", "defense"), "attack": ("attack",)}
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; ``str(err)`` is the one-line message."""
 
 
 @dataclass
@@ -160,6 +159,9 @@ class RunConfig:
     cache_dir: str = param("", help="artifact cache ('' = $MI_BENCH_CACHE or ~/.cache/mi-bench)")
     results_db: str = param("results/mi_bench.sqlite", help="SQLite database of run records")
     results_dir: str = param("results/runs", help="folder for image grids of each run")
+    progress_interval_s: float = param(30.0, gt=0.0, help="seconds between progress lines when stderr "
+                                       "is not a terminal (a log file, a Slurm job); a terminal "
+                                       "shows progress bars instead")
     classes: list[int] = param(default_factory=list, help="private classes to attack (empty = all)")
     target_checkpoint: str = param(
         "", help="attack this checkpoint (.safetensors or .pt state dict) instead of training one"
@@ -532,7 +534,7 @@ def to_yaml(cfg: RunConfig) -> str:
 # Fields that do not change what a run computes (where or how fast it runs, where it writes).
 # Like ``device``, ``compile`` and ``tf32`` change float rounding only.
 NON_SEMANTIC = ("threads", "device", "compile", "tf32", "data_root", "cache_dir", "results_db",
-                "results_dir", "slurm")
+                "results_dir", "slurm", "progress_interval_s")
 # Semantic fields left out of the hash at their default, so adding them kept every earlier hash.
 HASH_NEUTRAL_DEFAULTS = {"amp": "off", "cuda_graph": False}
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mi_bench.errors import ConfigError, DataUnavailable  # noqa: F401 - raised here; importable from here too
 from mi_bench.face_config import FaceConfig
 from mi_bench.params import param
 from mi_bench.registry import DATASETS
@@ -38,10 +39,6 @@ from mi_bench.registry import DATASETS
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("disjoint_classes", "disjoint_samples")
-
-
-class DataUnavailable(RuntimeError):
-    """A dataset's files are missing and cannot be downloaded. The message says where to put them."""
 
 
 @dataclass
@@ -87,6 +84,15 @@ class DataSplits:
     @property
     def num_private_classes(self) -> int:
         return len(self.private_classes)
+
+    def check_classes(self, classes: list[int], origin: str = "classes=") -> None:
+        """Refuse an empty list or a class index that is not one of this dataset's private
+        classes, with one line naming ``origin`` (the config key or file the classes came from)."""
+        n = self.num_private_classes
+        bad = [c for c in classes if not (isinstance(c, int) and 0 <= c < n)]
+        if bad or not classes:
+            raise ConfigError(f"{origin}{bad if bad else '[]'}: {'these are not' if bad else 'no'} private "
+                              f"classes of {self.name}: use a non-empty list of indices 0..{n - 1}")
 
     def counts(self) -> dict[str, int]:
         return {

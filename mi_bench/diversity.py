@@ -26,6 +26,9 @@ import logging
 from typing import Any, Callable
 
 import torch
+from mi_bench.errors import (
+    DistanceUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +43,6 @@ DIVERSITY_PROTOCOL = {
     "diversity_ratio": "mean over attacked classes of recon/real (judge features)",
     "collapsed_classes": "number of attacked classes flagged collapsed",
 }
-
-
-class DistanceUnavailable(RuntimeError):
-    """A registered perceptual distance cannot run here (the message says why)."""
 
 
 def register_pairwise(name: str, fn: PairwiseFn) -> None:

@@ -30,6 +30,20 @@ class FaceConfig:
         0, ge=0, help="resize the source to this square side before cropping (0 = no; FaceScrub: 64)"
     )
     channels: int = param(3, choices=(1, 3), help="3 = colour (RGB), 1 = grey")
+    align: str = param(
+        "center", choices=("center", "detect"), neutral_default=True,
+        help="center = the centred crop (face.crop); detect = a square around the largest face "
+        "OpenCV's bundled Haar cascade finds (unaligned photos; pip install 'mi-bench[faces]')",
+    )
+    align_margin: float = param(
+        0.05, ge=0.0, le=2.0, neutral_default=True,
+        help="align=detect: fraction of the face box added on each side of the crop (0.05 frames "
+        "an LFW photo like lfw.yaml's 120-pixel crop)",
+    )
+    no_face: str = param(
+        "drop", choices=("drop", "center"), neutral_default=True,
+        help="align=detect, an image without a detected face: drop it, or keep its centred crop",
+    )
     path: str = param(
         "", help="folder of the images (folder dataset: one sub-folder per identity); "
         "'' = the dataset's default place under data_root; relative paths are under data_root"

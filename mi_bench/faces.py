@@ -23,6 +23,8 @@ Protocol (every face dataset; stated in each result's ``protocol.data``):
   centre-crop a ``face.crop`` square (0 = the largest centred square), resize to
   ``dataset.image_size`` (bilinear, antialiased), round to 8 bits. CelebA's published crop is
   108 at offset (55, 35) of the 218x178 aligned image, which is exactly the centred crop here.
+  ``face.align=detect`` (unaligned photos) replaces the centred crop by a square around the
+  detected face, in every set loaded (:mod:`mi_bench.face_align`; stated in ``face_crops``).
 * **Cache.** The decoded uint8 tensors are stored in the artifact cache (kind ``images``) under
   a key made of the file list (relative paths and sizes) and the preprocessing, so a second run
   reads one file instead of decoding thousands of JPEGs. Without a cache directory (direct
@@ -59,9 +61,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mi_bench.artifacts import ArtifactError, ArtifactStore
+from mi_bench import face_align
+from mi_bench.artifacts import ArtifactStore
 from mi_bench.config import stable_hash
-from mi_bench.data import DatasetConfig, DataSplits, DataUnavailable
+from mi_bench.data import DatasetConfig, DataSplits
+from mi_bench.errors import ArtifactError, DataUnavailable
 from mi_bench.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -233,16 +237,35 @@ class Preprocess:
     channels: int = 3
     crop: int = 0  # 0 = largest centred square
     pre_resize: int = 0
+    align: str = "center"  # "detect": a square around the detected face (mi_bench.face_align)
+    align_margin: float = 0.0
 
     def describe(self) -> str:
         pre = f"resize {self.pre_resize}x{self.pre_resize}, " if self.pre_resize else ""
         crop = f"centre crop {self.crop}" if self.crop else "largest centred square"
+        if self.align == "detect":
+            crop = face_align.describe(self.align_margin, crop)
         colour = "RGB" if self.channels == 3 else "grey"
         return f"{colour}, {pre}{crop}, resize {self.size}x{self.size} (PIL bilinear, antialiased), uint8"
 
+    def key(self) -> dict[str, Any]:
+        """The cache key's part: under ``align=center`` exactly the four fields keys held before
+        alignment existed (existing caches stay valid); under ``detect`` all, and the detector."""
+        d = asdict(self)
+        if self.align == "center":
+            del d["align"], d["align_margin"]
+            return d
+        return {**d, "detector": face_align.detector_info()}
 
-def decode_image(path: Path, pp: Preprocess) -> np.ndarray:
-    """One image file -> ``(C, size, size)`` uint8."""
+
+def _preprocess(cfg: DatasetConfig, crop: int, pre_resize: int) -> Preprocess:
+    fc = cfg.face
+    return Preprocess(cfg.image_size, fc.channels, crop, pre_resize, fc.align, fc.align_margin)
+
+
+def decode_image(path: Path, pp: Preprocess, found: list[bool] | None = None) -> np.ndarray:
+    """One image file -> ``(C, size, size)`` uint8; whether a face was found (``align=detect``)
+    is appended to ``found``."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
@@ -255,11 +278,14 @@ def decode_image(path: Path, pp: Preprocess) -> np.ndarray:
         raise DataUnavailable(f"cannot read image {path} ({exc}): replace or remove the file") from None
     if pp.pre_resize:
         im = TF.resize(im, [pp.pre_resize, pp.pre_resize], interpolation=bilinear, antialias=True)
-    side = pp.crop or min(im.size)
+    face = face_align.crop_face(im, pp.align_margin) if pp.align == "detect" else None
+    if found is not None:
+        found.append(face is not None)
+    side = min(im.size) if face is not None else pp.crop or min(im.size)
     if side > min(im.size):
         raise ValueError(f"crop {side} is larger than image {path} ({im.size[0]}x{im.size[1]}): "
                          "lower dataset.face.crop (or face.public_crop)")
-    im = TF.center_crop(im, [side, side])
+    im = face if face is not None else TF.center_crop(im, [side, side])
     im = TF.resize(im, [pp.size, pp.size], interpolation=bilinear, antialias=True)
     a = np.array(im, dtype=np.uint8)  # a writable copy
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
@@ -274,35 +300,48 @@ def images_key(files: list[str], root: Path, pp: Preprocess) -> str:
         except OSError:
             raise DataUnavailable(f"image {root / f} is missing: restore it, or fix the split files "
                                   "that list it") from None
-    return stable_hash({"version": CACHE_VERSION, "files": entries, "pre": asdict(pp)}, n=24)
+    return stable_hash({"version": CACHE_VERSION, "files": entries, "pre": pp.key()}, n=24)
 
 
 def load_images(root: Path, files: list[str], pp: Preprocess, cache_dir: Path | None,
                 *, what: str) -> torch.Tensor:
     """Decode ``files`` (paths under ``root``) into one ``(N, C, S, S)`` uint8 tensor, through the
     cache when ``cache_dir`` is given."""
+    return load_decoded(root, files, pp, cache_dir, what=what)[0]["images"]
+
+
+def load_decoded(root: Path, files: list[str], pp: Preprocess, cache_dir: Path | None,
+                 *, what: str) -> tuple[dict[str, torch.Tensor], Path | None]:
+    """:func:`load_images` as ``{"images": ...}`` plus, under ``align=detect``, ``"face_found"``
+    ((N,) uint8), and the cache entry's folder (None without a cache)."""
     key = images_key(files, root, pp)
     store = ArtifactStore(cache_dir) if cache_dir is not None else None
+    entry = store.dir(CACHE_KIND, key) if store is not None else None
     if store is not None and store.exists(CACHE_KIND, key):
         try:
             tensors, _ = store.load(CACHE_KIND, key)
             log.info("%s: %d decoded images from the cache (%s)", what, len(files), key)
-            return tensors["images"]
+            return tensors, entry
         except ArtifactError as exc:  # corrupt entry: decode again and overwrite it
             log.warning("%s: %s - decoding again", what, exc)
     out = torch.empty((len(files), pp.channels, pp.size, pp.size), dtype=torch.uint8)
     step = max(1, len(files) // 10)
+    found: list[bool] = []
     for i, f in enumerate(files):
-        out[i] = torch.from_numpy(decode_image(root / f, pp))
+        out[i] = torch.from_numpy(decode_image(root / f, pp, found))
         if (i + 1) % step == 0:
             log.info("%s: decoded %d/%d images", what, i + 1, len(files))
+    tensors = {"images": out}
+    if pp.align == "detect":
+        tensors["face_found"] = torch.tensor(found, dtype=torch.uint8)
+        log.info("%s: a face was found in %d of %d images", what, sum(found), len(files))
     if store is not None:
         try:
-            store.save(CACHE_KIND, key, {"images": out},
-                       {"what": what, "root": str(root), "n": len(files), "pre": asdict(pp)})
+            store.save(CACHE_KIND, key, tensors,
+                       {"what": what, "root": str(root), "n": len(files), "pre": pp.key()})
         except OSError as exc:
             log.warning("%s: could not cache the decoded images in %s (%s)", what, cache_dir, exc)
-    return out
+    return tensors, entry
 
 
 # -- assembling the splits ----------------------------------------------------------------------
@@ -338,14 +377,23 @@ def build_face_splits(
                          "files must list disjoint identities")
     parts = (plan.train, plan.val, plan.test)
     files = [f for part in parts for f, _ in part]
-    x = load_images(private_root, files, private_pp, cache_dir, what=f"{name} private")
+    crops = face_align.FaceCrops(cfg.face.no_face)  # align=detect: no-face counts and grids
+    tensors, entry = load_decoded(private_root, files, private_pp, cache_dir, what=f"{name} private")
+    x = tensors["images"]
     y = torch.tensor([lab for part in parts for _, lab in part], dtype=torch.long)
     a, b = len(plan.train), len(plan.train) + len(plan.val)
+    if (keep := crops.add("private", tensors, files, entry)) is not None:  # no_face=drop
+        a, b = int(keep[:a].sum()), int(keep[:b].sum())
+        x, y = x[keep], y[keep]
+        face_align.check_private_left(y, a, b, plan.private_ids, name)
     xf = x.float().div_(255.0)
     train, val, test = (xf[:a], y[:a]), (xf[a:b], y[a:b]), (xf[b:], y[b:])
-    xp = load_images(public_root, [f for f, _ in plan.public], public_pp, cache_dir,
-                     what=f"{name} public").float().div_(255.0)
-    yp = torch.tensor([lab for _, lab in plan.public], dtype=torch.long)
+    pub_files = [f for f, _ in plan.public]
+    tensors, entry = load_decoded(public_root, pub_files, public_pp, cache_dir, what=f"{name} public")
+    xp, yp = tensors["images"], torch.tensor([lab for _, lab in plan.public], dtype=torch.long)
+    if (keep := crops.add("public", tensors, pub_files, entry)) is not None:
+        xp, yp = xp[keep], yp[keep]
+    xp = xp.float().div_(255.0)
     k = len(plan.private_ids)
     splits = DataSplits(
         name=name, protocol=cfg.protocol, image_shape=(private_pp.channels, cfg.image_size, cfg.image_size),
@@ -368,6 +416,8 @@ def build_face_splits(
         "preprocessing": {"private": private_pp.describe(), "public": public_pp.describe()},
         "counts": splits.counts(), "config": asdict(cfg),
     }
+    if (face_crops := crops.info()) is not None:
+        splits.info["face_crops"] = face_crops
     return splits
 
 
@@ -383,7 +433,7 @@ def _public_set(cfg: DatasetConfig, root: Path, plan: FacePlan, private_pp: Prep
     fc = cfg.face
     if not fc.public:
         crop = private_pp.crop if fc.public_crop < 0 else fc.public_crop
-        return default_root, Preprocess(cfg.image_size, fc.channels, crop, private_pp.pre_resize), 0
+        return default_root, _preprocess(cfg, crop, private_pp.pre_resize), 0
     k = len(plan.private_ids)
     if fc.public == "folder" and not fc.public_path:
         raise ValueError("dataset.face.public=folder needs dataset.face.public_path=<folder with one "
@@ -397,7 +447,7 @@ def _public_set(cfg: DatasetConfig, root: Path, plan: FacePlan, private_pp: Prep
     crop, pre = PUBLIC_DEFAULTS.get(fc.public, (fc.crop, fc.pre_resize))
     if fc.public_crop >= 0:
         crop = fc.public_crop
-    pp = Preprocess(cfg.image_size, fc.channels, crop, pre)
+    pp = _preprocess(cfg, crop, pre)
     if fc.public == "ffhq":
         files = [(f, -1) for f in scan_images(where)]
         plan.public_ids = []
@@ -434,7 +484,7 @@ def _folder_dataset(name: str, cfg: DatasetConfig, root: Path, images: Path, *, 
     fc = cfg.face
     by_id = scan_identity_folders(images)
     plan = plan_identities(by_id, cfg, dataset=name, order=order, public_own=not fc.public)
-    pp = Preprocess(cfg.image_size, fc.channels, fc.crop, fc.pre_resize)
+    pp = _preprocess(cfg, fc.crop, fc.pre_resize)
     pub_root, pub_pp, overlap = _public_set(cfg, root, plan, pp, default_root=images)
     return build_face_splits(name, cfg, plan, private_root=images, public_root=pub_root,
                              private_pp=pp, public_pp=pub_pp, cache_dir=cache_dir, overlap=overlap)
@@ -614,7 +664,7 @@ def load_celeba_splits(cfg: DatasetConfig, root: Path, *, cache_dir: Path | None
     else:
         assert identities is not None  # _celeba_dir checked it
         plan, overlap = plan_celeba(identities, cfg), 0
-    pp = Preprocess(cfg.image_size, fc.channels, fc.crop, fc.pre_resize)
+    pp = _preprocess(cfg, fc.crop, fc.pre_resize)
     pub_root, pub_pp, pub_overlap = _public_set(cfg, root, plan, pp, default_root=images)
     if fc.public:
         overlap = pub_overlap

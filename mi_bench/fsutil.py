@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mi_bench.errors import NotWritable  # noqa: F401 - raised here; importable from here too
+
 log = logging.getLogger(__name__)
 
 HOST = socket.gethostname().replace("-", "_").replace(".", "_")
@@ -116,10 +118,6 @@ def sweep_tmp(folder: Path, *, depth: int = 1, everything: bool = False) -> list
     if removed:
         log.info("removed %d temporary file(s) left by a killed process under %s", len(removed), folder)
     return removed
-
-
-class NotWritable(OSError):
-    """A folder cannot be written, or its file system is (nearly) full."""
 
 
 def check_writable(folder: Path, what: str, *, min_free: int = MIN_FREE_BYTES) -> None:

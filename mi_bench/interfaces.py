@@ -242,12 +242,12 @@ class Attack:
     # -- input checks shared by every attack -----------------------------------------------------
     def check_classes(self, classes: list[int]) -> None:
         """Refuse an empty list or a class the target does not have (a wrong target)."""
+        from mi_bench.errors import ConfigError
+
         bad = [c for c in classes if not (0 <= int(c) < self.num_classes)]
         if not classes or bad:
-            raise ValueError(
-                f"{self.name}: cannot attack class(es) {bad if bad else classes}: classes must be a "
-                f"non-empty list of the target's class indices 0..{self.num_classes - 1}"
-            )
+            raise ConfigError(f"{self.name}: cannot attack classes {bad if bad else '[]'}: use a non-empty "
+                              f"list of the target's class indices 0..{self.num_classes - 1}")
 
     def check_prior(self, prior: dict[str, torch.Tensor], required: tuple[str, ...]) -> None:
         """Refuse a prior that lacks the networks this attack needs (trained by another attack)."""

@@ -1,7 +1,7 @@
 """Judges: the classifiers that decide whether a reconstruction shows the attacked class.
 
 Every judge is trained on the data owner's *whole domain* (``splits.eval_train``, selected on
-``splits.eval_val``, all classes) and cached like the evaluator (``Runner._classifier_stage``;
+``splits.eval_val``, all classes) and cached like the evaluator (``mi_bench.stages.Stages``;
 kinds ``evaluator`` and ``judge-<name>``, keys in the record). Config: ``judges=[eval,resnet,robust]``
 (which judges score a run; ``eval`` is required) and the ``judge`` section (below).
 

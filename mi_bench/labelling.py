@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from mi_bench.artifacts import ArtifactError, _atomic_write
+from mi_bench.artifacts import _atomic_write
+from mi_bench.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

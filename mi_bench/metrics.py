@@ -9,13 +9,15 @@ Protocol (stored with every result as ``metrics_protocol``):
   same class of the squared L2 distance between E's penultimate features; averaged.
 * ``fid_eval``, ``kid_eval`` (+ ``kid_eval_se``), ``fid_inception``, ``kid_inception`` (+ SE),
   ``lpips_nn``: distribution and perceptual metrics, computed in :mod:`mi_bench.perceptual`
-  (protocol in its docstring and in :func:`mi_bench.perceptual.protocol`).
+  (formulas in its docstring; the protocol stored with each record: :func:`perceptual_protocol`).
 * ``attack_acc_pixel_nn`` (mi-bench diagnostic, not from the literature): the class of each
   reconstruction's nearest neighbour *in pixel space* among the evaluator's training images
   (all classes), compared with the attacked class. It does not share the classifiers' features,
   so reconstructions that fool both CNNs without looking like the class (blobs, textures)
   score high on ``attack_acc`` and low here. Look at the grids when the two disagree.
-* A metric that fails is ``None`` plus its reason in ``metric_errors`` - never 0; a metric
+* A metric that fails is ``None`` plus its reason in ``metric_errors`` - never 0 - and a warning
+  with its traceback in the log (under ``MI_BENCH_STRICT_METRICS=1``, which the test suite sets,
+  it raises: :func:`mi_bench.errors.metric_failure`); a metric
   absent by design (weights unavailable offline, disabled by config) is ``None`` plus its
   reason in ``metric_absent``, so tables can say ``n/a`` rather than ``failed``.
 * ``attack_acc_ci``: the 95% Wilson interval of ``attack_acc`` over the ``n_reconstructions``
@@ -30,17 +32,24 @@ diversity are scored by ``mi_bench.judges.score_judges`` and ``mi_bench.diversit
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
 from mi_bench.data import DataSplits
+from mi_bench.errors import WeightsUnavailable, metric_failure
 from mi_bench.interfaces import Inversion
-from mi_bench.perceptual import frechet, protocol as perceptual_protocol, score_perceptual  # noqa: F401
+from mi_bench.perceptual import (
+    frechet, inception_features, inception_model, inception_weights, kid, lpips_model, lpips_nn,
+    real_inception_features, weights_info,
+)
 from mi_bench.stats import wilson_interval
 
 log = logging.getLogger(__name__)
+
 
 def metrics_protocol(options: Any = None) -> dict[str, str]:
     """The metric protocol stored with each record, with the run's perceptual settings."""
@@ -59,7 +68,7 @@ METRICS_PROTOCOL = {
 
 
 @torch.no_grad()
-def _embed(model: torch.nn.Module, x: torch.Tensor, size: int, batch: int = 512) -> torch.Tensor:
+def embed(model: torch.nn.Module, x: torch.Tensor, size: int, batch: int = 512) -> torch.Tensor:
     model.eval()
     dev = next(model.parameters()).device
     out = []
@@ -103,7 +112,7 @@ def score_inversion(
     true_domain = torch.tensor(
         [splits.private_classes[c] for c in inversion.classes]
     ).repeat_interleave(n_s)
-    feats = _embed(evaluator, flat, size)
+    feats = embed(evaluator, flat, size)
     with torch.no_grad():
         logits = evaluator.head(feats.to(next(evaluator.parameters()).device)).cpu()
     top1 = logits.argmax(1) == true_domain
@@ -125,9 +134,9 @@ def score_inversion(
         out["attack_acc_pixel_nn"] = pixel_nn_accuracy(flat, true_domain, splits.eval_train)
     except Exception as exc:  # noqa: BLE001 - reported, never silently 0
         out["attack_acc_pixel_nn"] = None
-        errors["attack_acc_pixel_nn"] = f"{type(exc).__name__}: {exc}"
+        errors["attack_acc_pixel_nn"] = metric_failure(exc, "attack_acc_pixel_nn")
     x_tr, y_tr = splits.private_train
-    real_feats = _embed(evaluator, x_tr, size)
+    real_feats = embed(evaluator, x_tr, size)
     try:
         dists = []
         for i, c in enumerate(inversion.classes):
@@ -139,7 +148,7 @@ def score_inversion(
         out["knn_dist"] = float(torch.cat(dists).mean())
     except Exception as exc:  # noqa: BLE001 - reported, never silently 0
         out["knn_dist"] = None
-        errors["knn_dist"] = f"{type(exc).__name__}: {exc}"
+        errors["knn_dist"] = metric_failure(exc, "knn_dist")
     per = score_perceptual(flat, torch.tensor(inversion.classes).repeat_interleave(n_s), feats,
                            real_feats, splits.private_train, options=options, inception=inception,
                            device=device, store=store)
@@ -150,3 +159,139 @@ def score_inversion(
     out["metric_errors"] = errors
     out["metric_absent"] = absent
     return out
+
+
+# -- distribution and perceptual metrics (formulas: mi_bench.perceptual) -------------------------
+
+@dataclass
+class PerceptualScores:
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    absent: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def fail(self, keys: tuple[str, ...], exc: BaseException) -> None:
+        """None for ``keys``; absent by design for unavailable weights, an error otherwise (logged
+        with its traceback; raised under ``MI_BENCH_STRICT_METRICS``: :func:`metric_failure`)."""
+        reason = None if isinstance(exc, WeightsUnavailable) else metric_failure(exc, "/".join(keys))
+        for k in keys:
+            self.values[k] = None
+            if isinstance(exc, WeightsUnavailable):
+                self.absent[k] = str(exc)
+            else:
+                self.errors[k] = reason
+
+    def check_se(self, key: str, groups: torch.Tensor) -> None:
+        """A KID standard error that cannot be estimated is None with the reason, never NaN."""
+        if not math.isnan(self.values[key]):
+            return
+        self.values[key] = None
+        self.absent[key] = (f"the jackknife needs at least 3 reconstructions per class (got "
+                            f"{int(torch.bincount(groups).min())}): raise the attack's samples_per_class")
+
+    def disabled(self, keys: tuple[str, ...], why: str) -> None:
+        for k in keys:
+            self.values[k] = None
+            self.absent[k] = why
+
+
+def _default_options():
+    from mi_bench.config import EvalConfig
+
+    return EvalConfig()
+
+
+def score_perceptual(recon: torch.Tensor, recon_classes: torch.Tensor, eval_feats: torch.Tensor,
+                     real_eval_feats: torch.Tensor, private_train: tuple[torch.Tensor, torch.Tensor], *,
+                     options: Any = None, inception: bool = True, device: torch.device | str = "cpu",
+                     store: Any = None) -> PerceptualScores:
+    """FID/KID on evaluator features, FID/KID on Inception features and ``lpips_nn``.
+
+    ``recon`` (N, C, H, W) in [0, 1] with private class indices ``recon_classes`` (N,);
+    ``eval_feats`` / ``real_eval_feats``: the evaluator's penultimate features of ``recon`` and
+    of the private training images ``private_train = (x, y)``. ``options``: an ``EvalConfig``
+    (None = defaults). Never raises for a metric: each is a number, or None with its reason in
+    ``errors`` (failed) or ``absent`` (disabled, or weights unavailable offline).
+    """
+    opt = options if options is not None else _default_options()
+    device = torch.device(device)
+    x_tr, y_tr = private_train
+    s = PerceptualScores()
+    a, b = eval_feats.double().numpy(), real_eval_feats.double().numpy()
+    try:
+        s.values["fid_eval"] = frechet(a, b)
+    except Exception as exc:  # noqa: BLE001 - reported, never silently 0
+        s.fail(("fid_eval",), exc)
+    try:
+        s.values["kid_eval"], s.values["kid_eval_se"] = kid(
+            a, b, x_groups=recon_classes, subsets=opt.kid_subsets, subset_size=opt.kid_subset_size)
+        s.check_se("kid_eval_se", recon_classes)
+    except Exception as exc:  # noqa: BLE001
+        s.fail(("kid_eval", "kid_eval_se"), exc)
+
+    inc_keys = ("fid_inception", "kid_inception", "kid_inception_se")
+    if not (inception and opt.fid_inception):
+        s.disabled(inc_keys, "disabled (eval.fid_inception=false)")
+    else:
+        try:
+            model, path = inception_model(device, opt.download)
+            s.weights["inception"] = weights_info(path)
+            fa = inception_features(model, recon)
+            fb = real_inception_features(model, x_tr, s.weights["inception"]["sha256"], store)
+        except Exception as exc:  # noqa: BLE001
+            s.fail(inc_keys, exc)
+        else:
+            try:
+                s.values["fid_inception"] = frechet(fa, fb)
+            except Exception as exc:  # noqa: BLE001
+                s.fail(("fid_inception",), exc)
+            try:
+                s.values["kid_inception"], s.values["kid_inception_se"] = kid(
+                    fa, fb, x_groups=recon_classes, subsets=opt.kid_subsets,
+                    subset_size=opt.kid_subset_size, device=device)
+                s.check_se("kid_inception_se", recon_classes)
+            except Exception as exc:  # noqa: BLE001
+                s.fail(("kid_inception", "kid_inception_se"), exc)
+
+    if not opt.lpips:
+        s.disabled(("lpips_nn",), "disabled (eval.lpips=false)")
+    else:
+        try:
+            model, path = lpips_model(opt.lpips_net, device, opt.download)
+            s.weights["lpips"] = {**weights_info(path), "net": opt.lpips_net, "linear_layers": "lpips v0.1 (bundled)"}
+            d = lpips_nn(model, recon, recon_classes, x_tr, y_tr, min_size=opt.lpips_min_size,
+                         candidates=opt.lpips_candidates)
+            s.values["lpips_nn"] = float(d.mean())
+        except Exception as exc:  # noqa: BLE001
+            s.fail(("lpips_nn",), exc)
+    return s
+
+
+def perceptual_protocol(options: Any = None) -> dict[str, str]:
+    """What each metric here is, with the settings in force (stored in every record)."""
+    opt = options if options is not None else _default_options()
+    kid_text = (f"unbiased MMD^2, kernel (x.y/d+1)^3 (Binkowski et al. 2018), reconstructions as a "
+                f"class-stratified sample (class pairs weighted by class shares); sets larger than "
+                f"{opt.kid_subset_size} averaged over {opt.kid_subsets} random subsets of that size; "
+                "SE: two-sample delete-one jackknife (conservative over subsets); 0 in expectation "
+                "for one distribution at any sample size - compare runs with different n by KID, not FID")
+    inc = (f"pytorch-fid InceptionV3 (TF FID weights {inception_weights().file}, 2048-d pool); images "
+           "in [0,1] clamped, grayscale repeated to 3 channels, bilinear resize to 299x299, scaled to "
+           "[-1,1] (pytorch-fid resize_input/normalize_input); weights from the torch hub cache, "
+           "downloaded when missing unless eval.download=false or MI_BENCH_OFFLINE=1 (then null, "
+           "reason in metric_absent)")
+    return {
+        "fid_eval": "Frechet distance (pytorch-fid calculate_frechet_distance) on evaluator penultimate "
+                    "features: all reconstructions vs all private training images; biased by sample size",
+        "kid_eval": "KID on evaluator penultimate features, same two sets: " + kid_text,
+        "fid_inception": "Frechet distance on Inception features, same two sets; " + inc,
+        "kid_inception": "KID on the same Inception features: " + kid_text,
+        "lpips_nn": f"mean over reconstructions of the LPIPS distance (lpips package v0.1, net "
+                    f"{opt.lpips_net}) to the nearest private training image of the attacked class; "
+                    f"grayscale repeated to 3 channels, [0,1] scaled to [-1,1], images under "
+                    f"{opt.lpips_min_size}px upsampled (bilinear) to {opt.lpips_min_size}px; "
+                    + ("exact search over all same-class images" if not opt.lpips_candidates else
+                       f"search limited to the {opt.lpips_candidates} nearest same-class images in "
+                       "pixel L2 (upper bound)")
+                    + "; backbone weights handled like Inception's",
+    }

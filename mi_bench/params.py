@@ -15,6 +15,10 @@ Every config section (a plugin's ``Config`` dataclass included) declares its fie
   (``tests/test_plugin_contract.py`` checks it by perturbing each one);
 * ``neutral_default=True``: a field added after results were recorded. At its default it is left
   out of every config hash, so earlier results keep their hashes (``mi_bench.config.semantic_config``).
+* ``only_with="<bool field>"`` (with ``neutral_default=True``): a setting of an option that is
+  off by default (LOMMA's ``lomma_*`` settings, ``only_with="lomma"``). While that field is off
+  the setting changes nothing, so it is left out of every config hash whatever its value: a preset
+  may give it a value for runs that turn the option on without changing the others' hashes.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ def param(
     label: bool = False,
     prior: bool = False,
     neutral_default: bool = False,
+    only_with: str | None = None,
     default_factory: Any = MISSING,
 ) -> Any:
     meta = {
@@ -45,6 +50,8 @@ def param(
         "sweep": tuple(sweep) if sweep is not None else None,
         "label": label, "prior": prior, "neutral_default": neutral_default,
     }
+    if only_with is not None:
+        meta["only_with"] = only_with
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -131,10 +138,10 @@ def neutral_defaults(cfg_cls: Any) -> dict[str, Any]:
 
 def strip_neutral(values: dict[str, Any], cfg_cls: Any, plugin_classes: Any = None) -> dict[str, Any]:
     """``values`` (a config section as a dict) without the ``neutral_default`` fields of
-    ``cfg_cls`` that hold their default, recursively into nested config sections. Sections typed
-    ``Any`` (a run's ``defense`` / ``attack``) are resolved by ``plugin_classes(section, dict)``
-    (a plugin's ``Config`` class, or None). Fields unknown to ``cfg_cls`` are kept: records
-    written by other versions hash as they were."""
+    ``cfg_cls`` that hold their default (or whose ``only_with`` option is off), recursively into
+    nested config sections. Sections typed ``Any`` (a run's ``defense`` / ``attack``) are resolved
+    by ``plugin_classes(section, dict)`` (a plugin's ``Config`` class, or None). Fields unknown to
+    ``cfg_cls`` are kept: records written by other versions hash as they were."""
     import typing
 
     try:
@@ -142,10 +149,15 @@ def strip_neutral(values: dict[str, Any], cfg_cls: Any, plugin_classes: Any = No
     except Exception:  # noqa: BLE001 - an unresolvable annotation: compare by name only
         hints = {}
     fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+
+    def off(f: dataclasses.Field) -> bool:  # only_with: the option it belongs to is off
+        gate = fields.get(f.metadata.get("only_with") or "")
+        return gate is not None and not values.get(gate.name, _default(gate))
+
     out = {}
     for k, v in values.items():
         f = fields.get(k)
-        if f is not None and f.metadata.get("neutral_default") and v == _default(f):
+        if f is not None and f.metadata.get("neutral_default") and (v == _default(f) or off(f)):
             continue
         sub = hints.get(k)
         if isinstance(v, dict):

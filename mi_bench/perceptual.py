@@ -1,8 +1,8 @@
 """Distribution and perceptual metrics of reconstructions: FID, KID and LPIPS.
 
 All of them compare the reconstructions with the **private training images** (``lpips_nn``: of
-the attacked class only). They are computed by :func:`score_perceptual`, which
-``mi_bench.metrics.score_inversion`` calls once.
+the attacked class only). They are computed by :func:`mi_bench.metrics.score_perceptual`, which
+``mi_bench.metrics.score_inversion`` calls once; this module holds the formulas and models.
 
 FID (``fid_eval``, ``fid_inception``)
     Frechet distance between Gaussian fits of two feature sets: pytorch-fid's formula, with the
@@ -69,12 +69,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import socket
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.error import URLError
@@ -83,6 +82,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 from torch.nn import functional as F
+
+from mi_bench.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,6 @@ def lpips_backbone_weights(net: str) -> WeightsFile:
     if net not in urls:
         raise ValueError(f"lpips net {net!r} is not supported: choose one of {', '.join(urls)}")
     return WeightsFile(f"{net} ImageNet weights (torchvision, LPIPS backbone)", urls[net], check_hash=True)
-
-
-class WeightsUnavailable(RuntimeError):
-    """Weights are not on disk and may not or could not be downloaded: a metric absent by design."""
 
 
 def download_blocker(allow: bool = True) -> str | None:
@@ -376,7 +373,7 @@ def inception_features(model: torch.nn.Module, x: torch.Tensor, batch: int = 50)
     return torch.cat(out).numpy()
 
 
-def _real_inception_features(model, x_real: torch.Tensor, weights_sha: str, store) -> np.ndarray:
+def real_inception_features(model, x_real: torch.Tensor, weights_sha: str, store) -> np.ndarray:
     if store is None:
         return inception_features(model, x_real)
     from mi_bench.config import stable_hash
@@ -525,133 +522,4 @@ def lpips_nn(model, recon: torch.Tensor, recon_classes: torch.Tensor, reference:
 
 # -- everything at once -------------------------------------------------------------------------
 
-@dataclass
-class PerceptualScores:
-    values: dict[str, Any] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    absent: dict[str, str] = field(default_factory=dict)
-    weights: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def fail(self, keys: tuple[str, ...], exc: BaseException) -> None:
-        """None for ``keys``; absent by design for unavailable weights, an error otherwise."""
-        for k in keys:
-            self.values[k] = None
-            if isinstance(exc, WeightsUnavailable):
-                self.absent[k] = str(exc)
-            else:
-                self.errors[k] = f"{type(exc).__name__}: {exc}"
-
-    def check_se(self, key: str, groups: torch.Tensor) -> None:
-        """A KID standard error that cannot be estimated is None with the reason, never NaN."""
-        if not math.isnan(self.values[key]):
-            return
-        self.values[key] = None
-        self.absent[key] = (f"the jackknife needs at least 3 reconstructions per class (got "
-                            f"{int(torch.bincount(groups).min())}): raise the attack's samples_per_class")
-
-    def disabled(self, keys: tuple[str, ...], why: str) -> None:
-        for k in keys:
-            self.values[k] = None
-            self.absent[k] = why
-
-
-def _default_options():
-    from mi_bench.config import EvalConfig
-
-    return EvalConfig()
-
-
-def score_perceptual(recon: torch.Tensor, recon_classes: torch.Tensor, eval_feats: torch.Tensor,
-                     real_eval_feats: torch.Tensor, private_train: tuple[torch.Tensor, torch.Tensor], *,
-                     options: Any = None, inception: bool = True, device: torch.device | str = "cpu",
-                     store: Any = None) -> PerceptualScores:
-    """FID/KID on evaluator features, FID/KID on Inception features and ``lpips_nn``.
-
-    ``recon`` (N, C, H, W) in [0, 1] with private class indices ``recon_classes`` (N,);
-    ``eval_feats`` / ``real_eval_feats``: the evaluator's penultimate features of ``recon`` and
-    of the private training images ``private_train = (x, y)``. ``options``: an ``EvalConfig``
-    (None = defaults). Never raises for a metric: each is a number, or None with its reason in
-    ``errors`` (failed) or ``absent`` (disabled, or weights unavailable offline).
-    """
-    opt = options if options is not None else _default_options()
-    device = torch.device(device)
-    x_tr, y_tr = private_train
-    s = PerceptualScores()
-    a, b = eval_feats.double().numpy(), real_eval_feats.double().numpy()
-    try:
-        s.values["fid_eval"] = frechet(a, b)
-    except Exception as exc:  # noqa: BLE001 - reported, never silently 0
-        s.fail(("fid_eval",), exc)
-    try:
-        s.values["kid_eval"], s.values["kid_eval_se"] = kid(
-            a, b, x_groups=recon_classes, subsets=opt.kid_subsets, subset_size=opt.kid_subset_size)
-        s.check_se("kid_eval_se", recon_classes)
-    except Exception as exc:  # noqa: BLE001
-        s.fail(("kid_eval", "kid_eval_se"), exc)
-
-    inc_keys = ("fid_inception", "kid_inception", "kid_inception_se")
-    if not (inception and opt.fid_inception):
-        s.disabled(inc_keys, "disabled (eval.fid_inception=false)")
-    else:
-        try:
-            model, path = inception_model(device, opt.download)
-            s.weights["inception"] = weights_info(path)
-            fa = inception_features(model, recon)
-            fb = _real_inception_features(model, x_tr, s.weights["inception"]["sha256"], store)
-        except Exception as exc:  # noqa: BLE001
-            s.fail(inc_keys, exc)
-        else:
-            try:
-                s.values["fid_inception"] = frechet(fa, fb)
-            except Exception as exc:  # noqa: BLE001
-                s.fail(("fid_inception",), exc)
-            try:
-                s.values["kid_inception"], s.values["kid_inception_se"] = kid(
-                    fa, fb, x_groups=recon_classes, subsets=opt.kid_subsets,
-                    subset_size=opt.kid_subset_size, device=device)
-                s.check_se("kid_inception_se", recon_classes)
-            except Exception as exc:  # noqa: BLE001
-                s.fail(("kid_inception", "kid_inception_se"), exc)
-
-    if not opt.lpips:
-        s.disabled(("lpips_nn",), "disabled (eval.lpips=false)")
-    else:
-        try:
-            model, path = lpips_model(opt.lpips_net, device, opt.download)
-            s.weights["lpips"] = {**weights_info(path), "net": opt.lpips_net, "linear_layers": "lpips v0.1 (bundled)"}
-            d = lpips_nn(model, recon, recon_classes, x_tr, y_tr, min_size=opt.lpips_min_size,
-                         candidates=opt.lpips_candidates)
-            s.values["lpips_nn"] = float(d.mean())
-        except Exception as exc:  # noqa: BLE001
-            s.fail(("lpips_nn",), exc)
-    return s
-
-
-def protocol(options: Any = None) -> dict[str, str]:
-    """What each metric here is, with the settings in force (stored in every record)."""
-    opt = options if options is not None else _default_options()
-    kid_text = (f"unbiased MMD^2, kernel (x.y/d+1)^3 (Binkowski et al. 2018), reconstructions as a "
-                f"class-stratified sample (class pairs weighted by class shares); sets larger than "
-                f"{opt.kid_subset_size} averaged over {opt.kid_subsets} random subsets of that size; "
-                "SE: two-sample delete-one jackknife (conservative over subsets); 0 in expectation "
-                "for one distribution at any sample size - compare runs with different n by KID, not FID")
-    inc = (f"pytorch-fid InceptionV3 (TF FID weights {inception_weights().file}, 2048-d pool); images "
-           "in [0,1] clamped, grayscale repeated to 3 channels, bilinear resize to 299x299, scaled to "
-           "[-1,1] (pytorch-fid resize_input/normalize_input); weights from the torch hub cache, "
-           "downloaded when missing unless eval.download=false or MI_BENCH_OFFLINE=1 (then null, "
-           "reason in metric_absent)")
-    return {
-        "fid_eval": "Frechet distance (pytorch-fid calculate_frechet_distance) on evaluator penultimate "
-                    "features: all reconstructions vs all private training images; biased by sample size",
-        "kid_eval": "KID on evaluator penultimate features, same two sets: " + kid_text,
-        "fid_inception": "Frechet distance on Inception features, same two sets; " + inc,
-        "kid_inception": "KID on the same Inception features: " + kid_text,
-        "lpips_nn": f"mean over reconstructions of the LPIPS distance (lpips package v0.1, net "
-                    f"{opt.lpips_net}) to the nearest private training image of the attacked class; "
-                    f"grayscale repeated to 3 channels, [0,1] scaled to [-1,1], images under "
-                    f"{opt.lpips_min_size}px upsampled (bilinear) to {opt.lpips_min_size}px; "
-                    + ("exact search over all same-class images" if not opt.lpips_candidates else
-                       f"search limited to the {opt.lpips_candidates} nearest same-class images in "
-                       "pixel L2 (upper bound)")
-                    + "; backbone weights handled like Inception's",
-    }

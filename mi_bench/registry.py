@@ -19,16 +19,11 @@ import logging
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from mi_bench.errors import RegistryError  # noqa: F401 - raised here; importable from here too
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class RegistryError(KeyError):
-    """Unknown or duplicate plugin name. ``str(err)`` is a one-line, user-facing message."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):

@@ -1,7 +1,7 @@
 """``mi-bench rescore``: score stored runs again from their saved reconstructions.
 
 A run folder keeps its reconstructions (``reconstructions.safetensors``, uint8). Re-scoring reads
-them and runs today's scoring code (``Runner.score``: ``score_inversion``, ``score_judges``,
+them and runs today's scoring code (``mi_bench.scoring.Scorer``: ``score_inversion``, ``score_judges``,
 diversity) with the judges of the run's config, as it was recorded plus the given scoring
 overrides and the schema defaults of fields added since. Judges are trained, or loaded from the
 cache, as in a run; the target, the prior and the inversion are never re-run. Each re-scored run
@@ -30,14 +30,16 @@ from typing import Any
 
 from mi_bench.artifacts import resolve_cache_dir
 from mi_bench.config import RunConfig, from_record, stable_hash, to_dict
-from mi_bench.data import DataSplits, DataUnavailable, load_splits, resolve_data_root
-from mi_bench.results import ResultsError, ResultStore, superseded
+from mi_bench.data import DataSplits, load_splits, resolve_data_root
+from mi_bench.errors import DataUnavailable, ResultsError
+from mi_bench.results import ResultStore, superseded
 from mi_bench.runs import RECORD, RECONSTRUCTIONS, load_reconstructions, read_record
 
 log = logging.getLogger(__name__)
 
 SCORING_KEYS = ("judges", "judge.*", "eval.*", "evaluator.*", "eval_seed")
-WHERE_KEYS = ("threads", "device", "compile", "tf32", "cache_dir", "data_root", "results_db", "results_dir")
+WHERE_KEYS = ("threads", "device", "compile", "tf32", "cache_dir", "data_root", "results_db", "results_dir",
+              "progress_interval_s")
 
 
 @dataclass
@@ -123,10 +125,7 @@ def plan(runs: list[tuple[dict[str, Any], Path]], overrides: list[str], *, db: s
                                           cache_dir=resolve_cache_dir(cfg.cache_dir))
             except DataUnavailable as exc:
                 raise DataUnavailable(f"run {rec.get('run_id')}: its dataset cannot be loaded - {exc}") from None
-        bad = [c for c in classes if not 0 <= c < splits[key].num_private_classes]
-        if bad:
-            raise ResultsError(f"{folder / RECONSTRUCTIONS}: classes {bad} are not private classes of "
-                               f"{cfg.dataset.name} under the recorded dataset config")
+        splits[key].check_classes(classes, f"{folder / RECONSTRUCTIONS}: recorded classes ")
         del images
         jobs.append(Job(rec, folder, cfg))
     return jobs, splits

@@ -6,7 +6,8 @@ Everything a run writes lives in one folder named by its run id:
                                 It is the source of truth: written first, atomically, so a run
                                 whose work is done never loses its record; the SQLite database
                                 is an index of these files (``mi-bench db rebuild``).
-* ``grid.png``                  reconstructions next to real private images (``mi_bench.viz``);
+* ``grid.png``                  reconstructions next to real private images, each labelled with
+                                every judge's prediction (:func:`write_grid`, ``mi_bench.viz``);
 * ``reconstructions.safetensors`` the kept reconstructions as uint8 (``images``: classes x
                                 samples x C x H x W) and the attacked class indices (``classes``),
                                 so judges, human labelling, reports and ``mi-bench rescore``
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from mi_bench.fsutil import atomic_write, atomic_write_json
+from mi_bench.images import to_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -54,19 +56,12 @@ def iter_record_files(root: str | Path) -> Iterator[Path]:
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    from mi_bench.results import ResultsError
+    from mi_bench.errors import ResultsError
 
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ResultsError(f"run record {path} is unreadable ({exc}); move it aside and re-run its cell") from None
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] as uint8 (round to the nearest of 256 levels), on the CPU."""
-    import torch
-
-    return (images.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
@@ -100,7 +95,7 @@ def load_reconstructions(folder: Path) -> tuple[torch.Tensor, list[int]]:
     """The reconstructions of a run folder as float images in [0, 1] and their classes."""
     from safetensors.torch import load_file
 
-    from mi_bench.artifacts import ArtifactError
+    from mi_bench.errors import ArtifactError
 
     path = Path(folder) / RECONSTRUCTIONS
     if not path.is_file():
@@ -111,3 +106,40 @@ def load_reconstructions(folder: Path) -> tuple[torch.Tensor, list[int]]:
     except Exception as exc:  # noqa: BLE001 - corrupt file of any kind
         raise ArtifactError(f"{path} is not a readable safetensors file ({exc}); re-run the run") from None
     return t["images"].float() / 255.0, [int(c) for c in t["classes"].tolist()]
+
+
+def write_grid(path: Path, cfg: Any, splits: Any, inversion: Any, metrics: dict[str, Any]) -> Path | None:
+    """The run's ``grid.png``: real private images, then the first ``eval.grid_samples``
+    reconstructions per class, each labelled with every judge's prediction (x = rejected) and
+    framed green when all judges name the attacked class, orange when only some do, red when
+    none does; the title states the attack, defense, dataset, protocol, preset, seed and scores."""
+    from mi_bench.judges import NONE
+    from mi_bench.record import defense_label
+    from mi_bench.viz import save_grid
+
+    x_tr, y_tr = splits.private_train
+    real = [x_tr[y_tr == c][: cfg.eval.grid_real] for c in inversion.classes]
+    n = min(cfg.eval.grid_samples, inversion.images.shape[1])
+    judged = metrics["judges"]
+    order = list(judged)
+    preds = [[["x" if judged[j]["predictions"][i][k] == NONE else judged[j]["predictions"][i][k]
+               for j in order] for k in range(n)] for i in range(len(inversion.classes))]
+    state = []
+    for i, c in enumerate(inversion.classes):
+        row = []
+        for k in range(n):
+            hits = sum(judged[j]["predictions"][i][k] == splits.private_classes[c] for j in order)
+            row.append(True if hits == len(order) else (False if hits == 0 else None))
+        state.append(row)
+    labels = [["/".join(map(str, p)) for p in row] for row in preds]
+    collapsed = set((metrics.get("diversity") or {}).get("collapsed_classes", []))
+    class_names = splits.info.get("class_names")  # face datasets: identity names
+    names = [f"class {c} ({class_names[c] if class_names else f'digit {splits.private_classes[c]}'})\n"
+             + "\n".join(f"{j} {judged[j]['per_class'][c]:.0%}" for j in order)
+             + ("\nCOLLAPSED" if c in collapsed else "") for c in inversion.classes]
+    title = (f"{cfg.attack.name} vs {defense_label(cfg.defense, cfg.recipe)} on {splits.name} "
+             f"({splits.protocol}, preset {cfg.preset}, seed {cfg.seed}) - attack acc "
+             f"{metrics['attack_acc']:.0%}, consensus {metrics['consensus_acc']:.0%}, target acc "
+             f"{metrics['target_acc']:.1%}\nunder each image: {'/'.join(order)} predictions "
+             f"(x = rejected); green: all judges agree with the attacked class, orange: some")
+    return save_grid(path, inversion.images[:, :n], inversion.classes, real, state, labels, names, title)

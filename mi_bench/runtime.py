@@ -2,7 +2,10 @@
 
 Streams: a command's result (summary table, listing, leaderboard, ``--json``) goes to stdout;
 logs, progress bars (rich, and tqdm's for weight downloads) and errors go to stderr, so
-``mi-bench run ... > result.txt`` captures the table and nothing else.
+``mi-bench run ... > result.txt`` captures the table and nothing else. When stderr is not a
+terminal (``2> log``, a Slurm job, a sweep worker) there are no bars: every running stage logs
+one line every ``progress_interval_s`` seconds (30) and one when it ends (:class:`Bars`), and
+each log record is one plain line with date and time (:func:`setup_logging`).
 
 Threads: on small CPUs torch's default (one intra-op thread per core) is often much slower
 than one thread for the small convolutions used here, especially when anything else runs on
@@ -26,6 +29,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -298,30 +303,104 @@ def gather(x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Te
     return out.to(device)
 
 
+def interactive() -> bool:
+    """Whether stderr takes live progress bars: a terminal that rich can redraw (not a dumb
+    one, not ``TTY_COMPATIBLE=0``), or Jupyter. A file or a pipe (``2> log``, a Slurm job, a
+    sweep worker, a test runner) is not, even under ``FORCE_COLOR``."""
+    if console.is_jupyter:
+        return True
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        tty = bool(isatty is not None and isatty())
+    except ValueError:  # closed stream
+        return False
+    return tty and console.is_terminal and not console.is_dumb_terminal
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr``, which a test runner may swap after set-up."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"  # stderr not a terminal: one line a record
+
+
 def setup_logging(level: str = "INFO") -> None:
+    """Log records to stderr: through rich on a terminal; one plain line each otherwise
+    (:data:`LOG_FORMAT`, date and time to the millisecond), since rich wraps messages at 80
+    columns in a file and shows the time only when it changed."""
     root = logging.getLogger()
     if any(getattr(h, "_mi_bench", False) for h in root.handlers):
         root.setLevel(level)
         return
-    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+    handler: logging.Handler
+    if interactive():
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler._mi_bench = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
 
 
-class Bars:
-    """Thin wrapper over rich.progress: ``with bars.task("GAN", total=n) as t: t.advance()``.
+PROGRESS_INTERVAL = 30.0  # seconds between progress lines (config key progress_interval_s)
+progress_log = logging.getLogger("mi_bench.progress")
 
-    Disabled (no output, same API) when ``enabled`` is False; tests and ``--quiet`` use that.
+
+class Bars:
+    """Progress of the long loops: ``with bars.task("GAN", total=n) as t: t.advance(1, loss=l)``.
+
+    One API, three modes:
+
+    * bars, when stderr is a terminal (:func:`interactive`): rich progress bars redrawn in
+      place (shown between ``__enter__`` and ``__exit__``).
+    * lines, when it is not (``2> log``, a Slurm job, a sweep worker): no bars; each running
+      task logs one line through the ``mi_bench.progress`` logger every ``interval_s`` seconds
+      and one when it ends, e.g. ``GMI inversion: 120/300 (40%), 4.1 steps/s, ETA 43.9s,
+      elapsed 29.3s, loss=170.2 ce=1.7``: the stage (the task's description), step / total,
+      the mean rate since the task began, the ETA at that rate, and the latest values given
+      to ``advance``. A daemon timer thread per task writes the lines on time, also while no
+      ``advance`` comes for longer than the interval (an epoch of a big dataset). Tensors are
+      read only on the loop's own thread: by the ``advance`` about two steps before a line is
+      due (or the first one after it, if the thread has not written it yet) and at the end,
+      so the host waits for an accelerator about once per interval; the thread writes the
+      values last read. The end line says ``done``, or ``stopped`` when the loop raised (the
+      error follows). :meth:`stage` gives a stage without steps the same lines.
+    * off: ``enabled=False`` (``--quiet``, tests, :data:`NULL_BARS`): nothing.
+
+    ``live`` forces bars (True) or lines (False) instead of detecting; ``clock`` and ``timer``
+    (the thread) are for tests.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, interval_s: float = PROGRESS_INTERVAL, *,
+                 live: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 timer: bool = True) -> None:
+        if not (isinstance(interval_s, (int, float)) and interval_s > 0):
+            raise ValueError(f"progress interval {interval_s!r}: use a positive number of seconds "
+                             "(progress_interval_s=30)")
         self.enabled = enabled
+        self.interval_s = float(interval_s)
+        self.live = bool(enabled and (interactive() if live is None else live))
+        self._clock = clock
+        self._timer = timer
         self._progress: Progress | None = None
 
+    @property
+    def lines(self) -> bool:
+        """Whether tasks log progress lines (enabled, stderr not a terminal)."""
+        return self.enabled and not self.live
+
     def __enter__(self) -> "Bars":
-        if self.enabled:
+        if self.live:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -336,22 +415,40 @@ class Bars:
             self._progress = None
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator["_Task"]:
+    def task(self, description: str, total: int | None) -> Iterator["_Task | _LineTask"]:
         """``advance(n, **info)``: info values may be tensors; they are read (in one transfer)
-        and shown at most every :data:`INFO_INTERVAL` seconds and at the end, never by
-        disabled bars, so a loop may pass its losses every step without a host wait."""
-        t = _Task(self._progress, description, total)
+        at most every :data:`INFO_INTERVAL` seconds by bars, every ``interval_s`` by lines, and
+        at the end, never when off, so a loop may pass its losses every step without a host
+        wait. ``total=None``: a stage of unknown length."""
+        t: _Task | _LineTask
+        if self.lines:
+            t = _LineTask(description, total, self.interval_s, self._clock, self._timer)
+        else:
+            t = _Task(self._progress, description, total)
+        ok = False
         try:
             yield t
+            ok = True
         finally:
-            t.close()
+            t.close(ok)
+
+    @contextmanager
+    def stage(self, description: str) -> Iterator[None]:
+        """A long stage without steps (decoding data, extracting features): in the lines mode
+        a line every ``interval_s`` while it runs and one when it ends; nothing otherwise (the
+        bars look as they always did)."""
+        if not self.lines:
+            yield
+            return
+        with self.task(description, None):
+            yield
 
 
 INFO_INTERVAL = 0.25  # seconds between progress-bar updates (and reads of their values)
 
 
 class _Task:
-    def __init__(self, progress: Progress | None, description: str, total: int) -> None:
+    def __init__(self, progress: Progress | None, description: str, total: int | None) -> None:
         self._p = progress
         self._id = progress.add_task(description, total=total, info="") if progress else None
         self._steps = 0
@@ -374,10 +471,105 @@ class _Task:
         self._p.update(self._id, advance=self._steps, info=text)  # type: ignore[union-attr]
         self._steps = 0
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
         if self._p is not None:
             self._show()
             self._p.refresh()
+
+
+class _LineTask:
+    """A task of :class:`Bars` in the lines mode (see there)."""
+
+    def __init__(self, description: str, total: int | None, interval: float,
+                 clock: Callable[[], float], timer: bool) -> None:
+        self.description, self.total, self.interval = description, total, interval
+        self.steps = 0
+        self._clock = clock
+        self._t0 = clock()
+        self._due = self._t0 + interval
+        self._info: dict[str, Any] = {}  # as given to advance (tensors unread)
+        self._read: dict[str, Any] = {}  # as last read on the loop's thread
+        self._fresh = False  # read since the last line
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if timer:
+            self._thread = threading.Thread(target=self._beat, name=f"progress: {description}",
+                                            daemon=True)
+            self._thread.start()
+
+    def advance(self, n: int = 1, **info: Any) -> None:
+        self.steps += n
+        if info:
+            self._info = info
+        now = self._clock()
+        if now >= self._due:
+            self._line(now, read=True)
+        elif not self._fresh and self.steps > 0 and now >= self._due - 2 * (now - self._t0) / self.steps:
+            # a line is due within about two steps: read the values now, for the timer thread
+            # (at most once a line; steps longer than half the interval: the first after it)
+            self._read, self._fresh = host_floats(self._info), True
+
+    def close(self, ok: bool = True) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        # after a failure, tensors stay unread (the error may be the device's)
+        self._line(self._clock(), read=ok, end="done" if ok else "stopped")
+
+    def _beat(self) -> None:
+        """The timer thread: a line when one is due and no advance wrote it."""
+        while not self._stop.wait(max(self._due - self._clock(), 0.001)):
+            now = self._clock()
+            if now >= self._due:
+                self._line(now, read=False)
+
+    def _line(self, now: float, *, read: bool, end: str | None = None) -> None:
+        with self._lock:
+            if end is None and now < self._due:  # the other thread wrote it meanwhile
+                return
+            self._due = now + self.interval
+            progress_log.info("%s", self._text(now, self._values(read), end))
+            self._fresh = False
+
+    def _values(self, read: bool) -> dict[str, Any]:
+        if read:
+            self._read = host_floats(self._info)
+            return self._read
+        return {k: self._read[k] if isinstance(v, torch.Tensor) else v
+                for k, v in self._info.items() if not isinstance(v, torch.Tensor) or k in self._read}
+
+    def _text(self, now: float, values: dict[str, Any], end: str | None) -> str:
+        elapsed, done, total = now - self._t0, self.steps, self.total
+        rate = done / elapsed if done and elapsed > 0 else None
+        rate_s = "? steps/s" if rate is None else (
+            f"{rate:.3g} steps/s" if rate >= 1 else f"{1 / rate:.3g} s/step")
+        count = f"{done}/{total}" if total is not None else f"{done} steps"
+        if end == "done" and total is None and not done:
+            parts = [f"done in {_dur(elapsed)}"]
+        elif end == "done":
+            parts = [f"done, {count} in {_dur(elapsed)}"] + ([rate_s] if done else [])
+        elif end == "stopped":
+            parts = [f"stopped at {count} after {_dur(elapsed)}"]
+        elif total is None:
+            parts = ["running"] + ([count, rate_s] if done else []) + [f"elapsed {_dur(elapsed)}"]
+        else:
+            eta = "?" if rate is None else _dur(max(total - done, 0) / rate)
+            pct = f" ({100 * done / total:.0f}%)" if total else ""
+            parts = [count + pct, rate_s, f"ETA {eta}", f"elapsed {_dur(elapsed)}"]
+        if values:
+            parts.append(" ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
+        return f"{self.description}: " + ", ".join(parts)
+
+
+def _dur(seconds: float) -> str:
+    """``12.3s``, ``4m05s``, ``2h07m``."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = round(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _fmt(v: Any) -> str:
@@ -385,4 +577,3 @@ def _fmt(v: Any) -> str:
 
 
 NULL_BARS = Bars(enabled=False)
-

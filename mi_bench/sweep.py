@@ -57,12 +57,9 @@ from typing import Any, Sequence
 
 from filelock import FileLock, Timeout
 
-from mi_bench.artifacts import ArtifactError
-from mi_bench.config import ConfigError, RunConfig, compose, config_hash, stable_hash, to_dict
-from mi_bench.data import DataUnavailable
+from mi_bench.config import RunConfig, compose, config_hash, stable_hash, to_dict
+from mi_bench.errors import USER_ERRORS, ConfigError
 from mi_bench.fsutil import HOST, atomic_write_json, write_error_line
-from mi_bench.registry import RegistryError
-from mi_bench.results import ResultsError
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +67,6 @@ DEFAULT_SEEDS = "0,1,2"
 SHARED_PATHS = ("results_db", "results_dir", "cache_dir", "data_root")
 EXIT_DONE, EXIT_FAILED, EXIT_BUSY = 0, 1, 3
 
-# Exceptions whose message is a complete one-line explanation for the user (bad input, missing
-# or corrupt data, unusable checkpoint or results path).
-USER_ERRORS = (ConfigError, DataUnavailable, ArtifactError, RegistryError, ResultsError)
 
 
 # -- cells -------------------------------------------------------------------------------------
@@ -238,7 +232,7 @@ def run_cell(folder: Path, h: str, *, bars: Any = None, index: bool = True, forc
     from mi_bench.pipeline import run
     from mi_bench.results import ResultStore
     from mi_bench.runs import RECORD
-    from mi_bench.runtime import NULL_BARS
+    from mi_bench.runtime import Bars
 
     state = SweepState(folder)
     tokens = state.manifest_tokens(h)
@@ -262,7 +256,7 @@ def run_cell(folder: Path, h: str, *, bars: Any = None, index: bool = True, forc
                     error=None, traceback=None)
         t0 = time.perf_counter()
         try:
-            rec = run(cfg, bars or NULL_BARS, index=index)
+            rec = run(cfg, bars or Bars(interval_s=cfg.progress_interval_s), index=index)
         except (KeyboardInterrupt, SystemExit):
             raise  # the state stays "running" with a free lock: status says "interrupted"
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded, the sweep goes on
@@ -290,7 +284,7 @@ def plan_cells(cells: list[Cell]) -> dict[str, dict[str, tuple[str, str]]]:
     """``{cell hash: {stage: (kind, key)}}`` without training (datasets are loaded once each)."""
     from mi_bench.artifacts import resolve_cache_dir
     from mi_bench.data import load_splits, resolve_data_root
-    from mi_bench.pipeline import artifact_plan
+    from mi_bench.stages import artifact_plan
 
     splits_cache: dict[str, Any] = {}
     plans = {}

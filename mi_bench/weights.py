@@ -19,7 +19,8 @@ from typing import Any
 
 from torch import nn
 
-from mi_bench.artifacts import ArtifactError, load_checkpoint, sha256_file
+from mi_bench.artifacts import load_checkpoint, sha256_file
+from mi_bench.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,10 @@ torch.set_num_threads(1)
 # Tests never download weights (Inception, LPIPS backbones); subprocesses inherit this. Tests of
 # the download path remove it with monkeypatch.
 os.environ.setdefault("MI_BENCH_OFFLINE", "1")
+# A metric that fails raises under pytest instead of being recorded as "failed" (subprocesses
+# inherit it): a programming error on the metric path cannot pass as a failed column. Tests of
+# the recorded-failure path remove it with monkeypatch.
+os.environ.setdefault("MI_BENCH_STRICT_METRICS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MI_BENCH_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -85,10 +89,10 @@ def smoke_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def browser(tmp_path_factory):
     """A headless Chromium driven by Selenium (Debian's chromium and chromium-driver), with a
-    fresh profile and no network side channels (``mi_bench.report.headless_chromium``); its
+    fresh profile and no network side channels (``mi_bench.results.report.headless_chromium``); its
     console messages are kept (``browser.get_log("browser")``). Skipped, with the reason, when
     the binaries or selenium are missing. Reusable by any test that needs to drive a real page."""
-    from mi_bench.report import headless_chromium
+    from mi_bench.results.report import headless_chromium
 
     try:
         driver = headless_chromium(tmp_path_factory.mktemp("chromium-profile"))

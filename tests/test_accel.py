@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 import mi_bench.runtime as rt
-from mi_bench.config import ConfigError, compose, config_hash, stable_hash, to_dict
+from mi_bench.config import compose, config_hash, to_dict
 from mi_bench.data import DatasetConfig, load_splits
+from mi_bench.errors import ConfigError
 from mi_bench.interfaces import Defense, LossOutput
 from mi_bench.models import build_model
 from mi_bench.runtime import Accel, Bars, FiniteCheck
@@ -54,7 +55,7 @@ def test_performance_options_compose_and_leave_default_hashes_alone():
 
 
 def test_amp_enters_the_target_and_prior_keys_but_not_the_evaluators():
-    from mi_bench.pipeline import artifact_plan, prior_spec, target_spec
+    from mi_bench.stages import artifact_plan, prior_spec, target_spec
 
     splits = load_splits(DatasetConfig(), REPO)
     off, bf16 = compose(["preset=smoke"]), compose(["preset=smoke", "amp=bf16"])
@@ -65,7 +66,7 @@ def test_amp_enters_the_target_and_prior_keys_but_not_the_evaluators():
 
 
 def test_machine_section_states_the_settings_and_auto_device():
-    from mi_bench.pipeline import machine
+    from mi_bench.record import machine
 
     cfg = compose(["preset=smoke", "device=auto"])
     dev = rt.resolve_device(cfg.device)
@@ -217,7 +218,7 @@ def test_gan_prior_nan_check_raises_within_n_steps(monkeypatch):
 
 
 def test_progress_bars_read_tensor_info_at_most_every_interval(reads):
-    with Bars(enabled=True) as bars, bars.task("t", total=2000) as bar:
+    with Bars(enabled=True, live=True) as bars, bars.task("t", total=2000) as bar:  # rich bars
         t0 = time.monotonic()
         for i in range(2000):
             bar.advance(1, loss=torch.tensor(float(i)), acc=torch.tensor(0.5))
@@ -298,7 +299,8 @@ def test_cuda_graph_option_keys_only_the_gmi_prior_and_falls_back_on_the_cpu(cap
     """``cuda_graph=true``: the GMI prior (whose training honours it) gets a key of its own, the
     target, the evaluator and KED-MI's prior keep theirs; the default run's hash is unchanged;
     on the CPU the prior trains eagerly, bit for bit as without it, and says so."""
-    from mi_bench.pipeline import artifact_plan, machine
+    from mi_bench.record import machine
+    from mi_bench.stages import artifact_plan
     from mi_bench.registry import ATTACKS
     from mi_bench.runtime import NULL_BARS
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mi_bench.artifacts import ArtifactError, ArtifactStore, load_checkpoint
+from mi_bench.artifacts import ArtifactStore, load_checkpoint
+from mi_bench.errors import ArtifactError
 
 MARKER = "/tmp/mi_bench_pwned_marker"
 
@@ -60,7 +61,7 @@ def test_cli_refuses_malicious_target_checkpoint_with_exit_2(tmp_path, monkeypat
 
 
 def test_store_roundtrip_checksum_and_corruption(tmp_path):
-    from mi_bench.artifacts import ArtifactCorrupt
+    from mi_bench.errors import ArtifactCorrupt
 
     store = ArtifactStore(tmp_path)
     t = {"a": torch.arange(6.0).view(2, 3)}

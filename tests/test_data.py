@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_bench.data import DatasetConfig, DataUnavailable, load_splits, pk_batches
+from mi_bench.data import DatasetConfig, load_splits, pk_batches
+from mi_bench.errors import DataUnavailable
 
 from conftest import shared_mnist_or_skip
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mi_bench.artifacts import ArtifactError
 from mi_bench.config import compose
+from mi_bench.errors import ArtifactError
 from mi_bench.models import build_model
 from mi_bench.registry import DEFENSES
 from mi_bench.train import Taps

@@ -14,7 +14,8 @@ from PIL import Image
 
 from mi_bench import faces
 from mi_bench.config import compose
-from mi_bench.data import DatasetConfig, DataUnavailable, load_splits
+from mi_bench.data import DatasetConfig, load_splits
+from mi_bench.errors import DataUnavailable
 
 from conftest import SHARED_DATA
 

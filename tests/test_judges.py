@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from mi_bench.config import ConfigError, compose
+from mi_bench.config import compose
+from mi_bench.errors import ConfigError
 from mi_bench.judges import (
     JUNK_KINDS, NONE, Judge, JudgeRecipe, background_noise, health, junk_images, pgd, score_judges,
 )
@@ -210,7 +211,7 @@ def test_small_judges_accept_noisy_real_digits(tmp_path):
     cfg = compose(["preset=smoke", f"cache_dir={tmp_path}", "evaluator.epochs=4", "judge.resnet.width=0.5",
                    "judge.resnet.lr=0.002", "judge.resnet.epochs=8", "judge.robust.epochs=3"])
     splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root))
-    for name, judge in Runner(cfg).judges(splits).items():
+    for name, judge in Runner(cfg).stages(splits).judges().items():
         info = judge.info
         assert info["test_acc"] >= 0.8, (name, info["test_acc"])
         for check in ("reject_rate_real", "reject_rate_noisy_gaussian", "reject_rate_noisy_uniform"):

@@ -213,7 +213,7 @@ def test_label_cli_refuses_unknown_runs_and_serves_known_ones(smoke_run, tmp_pat
 
 
 def test_session_refuses_a_run_without_saved_reconstructions(smoke_run, tmp_path):
-    from mi_bench.artifacts import ArtifactError
+    from mi_bench.errors import ArtifactError
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -18,6 +18,7 @@ import torch
 
 from mi_bench import perceptual as P
 from mi_bench.config import EvalConfig
+from mi_bench.metrics import score_perceptual
 
 
 # -- FID ---------------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def _digits(n, seed=0, shift=0.0):
 def _score(recon, real, options=None, inception=True):
     y = torch.zeros(len(real), dtype=torch.long)
     ev = lambda x: x.flatten(1)[:, ::64].contiguous()  # noqa: E731 - 16-d stand-in for E's features
-    return P.score_perceptual(recon, torch.zeros(len(recon), dtype=torch.long), ev(recon), ev(real),
+    return score_perceptual(recon, torch.zeros(len(recon), dtype=torch.long), ev(recon), ev(real),
                               (real, y), options=options, inception=inception)
 
 
@@ -205,7 +206,7 @@ def test_offline_without_weights_gives_none_with_file_and_folder_never_zero(empt
 def test_kid_se_with_two_reconstructions_per_class_is_none_with_a_reason():
     recon, real = _digits(4), _digits(8, seed=1)
     ev = lambda x: x.flatten(1)[:, ::64].contiguous()  # noqa: E731
-    s = P.score_perceptual(recon, torch.tensor([0, 0, 1, 1]), ev(recon), ev(real),
+    s = score_perceptual(recon, torch.tensor([0, 0, 1, 1]), ev(recon), ev(real),
                            (real, torch.tensor([0, 1] * 4)), options=EvalConfig(fid_inception=False, lpips=False))
     assert math.isfinite(s.values["kid_eval"]) and s.values["kid_eval_se"] is None
     assert "at least 3 reconstructions per class" in s.absent["kid_eval_se"] and not s.errors
@@ -251,6 +252,11 @@ def test_downloaded_weights_are_used_and_corrupt_ones_are_an_error(fake_hub, emp
             with open(dst, "wb") as f:
                 f.write(b"not a checkpoint")
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    # under MI_BENCH_STRICT_METRICS (the test suite's default) the failure is raised ...
+    with pytest.raises(Exception, match="load key|checkpoint|pickle"):
+        _score(_digits(4), _digits(6, seed=1))
+    # ... and without it recorded as failed (not absent), the other metrics kept
+    monkeypatch.delenv("MI_BENCH_STRICT_METRICS", raising=False)
     s = _score(_digits(4), _digits(6, seed=1))
     assert s.values["lpips_nn"] is not None and s.weights["lpips"]["net"] == "alex"
     assert (empty_hub / "alexnet-owt-7be5be79.pth").is_file()
@@ -270,7 +276,7 @@ def test_inception_fid_and_kid_from_weights_on_disk_with_cached_private_features
     y = torch.zeros(len(real), dtype=torch.long)
     ev = lambda x: x.flatten(1)[:, ::64].contiguous()  # noqa: E731 - 16-d stand-in for E's features
     store = ArtifactStore(tmp_path / "cache")
-    runs = [P.score_perceptual(recon, torch.zeros(len(recon), dtype=torch.long), ev(recon), ev(real), (real, y),
+    runs = [score_perceptual(recon, torch.zeros(len(recon), dtype=torch.long), ev(recon), ev(real), (real, y),
                                options=EvalConfig(lpips=False), store=store) for _ in range(2)]
     s = runs[0]
     for k in INC:

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mi_bench.config import ConfigError, compose
+from mi_bench.config import compose
 from mi_bench.data import DatasetConfig, load_splits
+from mi_bench.errors import ConfigError, RegistryError
 from mi_bench.interfaces import Attack, Defense
 from mi_bench.models import build_model
-from mi_bench.registry import ATTACKS, DEFENSES, Registry, RegistryError
+from mi_bench.registry import ATTACKS, DEFENSES, Registry
 from mi_bench.runtime import NULL_BARS
 from mi_bench.train import train_classifier
 

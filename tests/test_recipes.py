@@ -13,10 +13,11 @@ from click.testing import CliRunner
 
 import mi_bench.config as config
 from mi_bench.cli import cli
-from mi_bench.config import ConfigError, compose
+from mi_bench.config import compose
 from mi_bench.data import DATASETS
+from mi_bench.errors import ConfigError
 from mi_bench.models import build_model
-from mi_bench.pipeline import defense_label
+from mi_bench.record import defense_label
 from mi_bench.train import TrainConfig, epoch_batches, make_optimizer, train_classifier
 
 REPO = Path(__file__).resolve().parents[1]

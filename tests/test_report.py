@@ -10,7 +10,7 @@ from boards import record, save_run, write_jsonl
 from click.testing import CliRunner
 
 from mi_bench.cli import cli
-from mi_bench.report import esc
+from mi_bench.results.gallery import esc
 from mi_bench.viz import pareto_front
 
 ALL_RIGHT = [[c, c] for c in range(5)]

@@ -206,17 +206,17 @@ def test_defense_effects_match_records_written_before_a_hash_neutral_field_exist
 
 
 def test_effect_verdicts_cover_drops_rises_and_missing_baselines():
-    from mi_bench.results import _verdict
+    from mi_bench.results import verdict
 
     def cmp(lo, hi):
         return {"delta": (lo + hi) / 2, "delta_ci": [lo, hi]}
 
-    assert _verdict(cmp(-0.3, -0.1), cmp(-0.2, -0.05)) == "holds"
-    assert _verdict(cmp(-0.3, -0.1), cmp(-0.1, 0.05)) == "vanishes vs matched"
-    assert _verdict(cmp(-0.1, 0.1), cmp(-0.3, -0.1)) == "only vs matched"
+    assert verdict(cmp(-0.3, -0.1), cmp(-0.2, -0.05)) == "holds"
+    assert verdict(cmp(-0.3, -0.1), cmp(-0.1, 0.05)) == "vanishes vs matched"
+    assert verdict(cmp(-0.1, 0.1), cmp(-0.3, -0.1)) == "only vs matched"
     # MID on MNIST quick: the defended target leaks more than its matched baseline
-    assert _verdict(cmp(0.15, 0.45), cmp(0.17, 0.43)) == "raises vs matched"
-    assert _verdict(cmp(-0.1, 0.1), cmp(-0.1, 0.1)) == "no effect"
-    assert _verdict(None, cmp(-0.1, 0.1)) == "n/a: no published baseline"
-    assert _verdict(cmp(-0.1, 0.1), None) == "n/a: no matched baseline"
-    assert _verdict({"delta": 0.0, "delta_ci": None}, cmp(-0.1, 0.1)).startswith("n/a: needs")
+    assert verdict(cmp(0.15, 0.45), cmp(0.17, 0.43)) == "raises vs matched"
+    assert verdict(cmp(-0.1, 0.1), cmp(-0.1, 0.1)) == "no effect"
+    assert verdict(None, cmp(-0.1, 0.1)) == "n/a: no published baseline"
+    assert verdict(cmp(-0.1, 0.1), None) == "n/a: no matched baseline"
+    assert verdict({"delta": 0.0, "delta_ci": None}, cmp(-0.1, 0.1)).startswith("n/a: needs")

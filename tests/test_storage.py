@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from mi_bench.artifacts import ArtifactStore
-from mi_bench.fsutil import HOST, NotWritable, check_writable, sweep_tmp
-from mi_bench.results import ResultStore, ResultsError, load_records
+from mi_bench.errors import NotWritable, ResultsError
+from mi_bench.fsutil import HOST, check_writable, sweep_tmp
+from mi_bench.results import ResultStore, load_records
 from mi_bench.runs import write_record
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from mi_bench.cli import cli
 from mi_bench.results import columns, leaderboard, missing_metrics, select, table_rows
-from mi_bench.terminal import board
+from mi_bench.results.terminal import board
 
 THREE_JUDGES = {"eval": [[0, 0], [1, 1], [2, 9], [3, 3], [4, 4]],
                 "resnet": [[0, 0], [1, 7], [2, 2], [3, 3], [4, -1]],

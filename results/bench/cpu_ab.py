@@ -45,7 +45,12 @@ def stages(m: str) -> dict:
     """Callables running each stage with package ``m`` (``mi_bench`` or ``mi_bench_base``)."""
     cfgmod = importlib.import_module(f"{m}.config")
     data = importlib.import_module(f"{m}.data")
-    pipe = importlib.import_module(f"{m}.pipeline")
+    try:  # mi-bench >= 0.2: the stages module; before: the pipeline's private helpers
+        st = importlib.import_module(f"{m}.stages")
+        target_factory, make_defense = st.target_factory, st.make_defense
+    except ModuleNotFoundError:
+        pipe = importlib.import_module(f"{m}.pipeline")
+        target_factory, make_defense = pipe._target_factory, pipe._make_defense
     train = importlib.import_module(f"{m}.train")
     reg = importlib.import_module(f"{m}.registry")
     runtime = importlib.import_module(f"{m}.runtime")
@@ -60,9 +65,9 @@ def stages(m: str) -> dict:
 
     def target(option, epochs=4):
         c = cfg(f"defense={option}", f"target.epochs={epochs}")
-        return lambda: train.train_classifier(pipe._target_factory(c, splits), splits.private_train,
+        return lambda: train.train_classifier(target_factory(c, splits), splits.private_train,
                                               splits.private_val, c.target, seed=0,
-                                              defense=pipe._make_defense(c, splits), device=dev)
+                                              defense=make_defense(c, splits), device=dev)
 
     def evaluator():
         c = cfg("evaluator.epochs=3")

@@ -40,8 +40,9 @@ import torch
 from mi_bench import perceptual as P
 from mi_bench.config import compose, config_hash, to_dict
 from mi_bench.data import load_splits, resolve_data_root
-from mi_bench.metrics import _embed
-from mi_bench.pipeline import Runner, versions
+from mi_bench.metrics import embed
+from mi_bench.pipeline import Runner
+from mi_bench.record import versions
 from mi_bench.results import ResultStore
 from mi_bench.runs import load_reconstructions
 from mi_bench.runtime import Bars, set_threads, setup_logging
@@ -104,7 +105,7 @@ def main() -> None:
     t1 = time.perf_counter()
     images, classes = load_reconstructions(rec["run_dir"])  # (classes, samples, C, H, W)
     splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root))
-    evaluator = Runner(cfg).judges(splits)["eval"].model  # the evaluation model (cached by the run)
+    evaluator = Runner(cfg).stages(splits).judges()["eval"].model  # the evaluation model (cached by the run)
     size = splits.image_shape[-1]
     x_tr, y_tr = splits.private_train
     x_te, y_te = splits.private_test
@@ -116,9 +117,9 @@ def main() -> None:
     test_y = torch.cat([y_te[i] for i in test_idx])
     test_counts = [len(i) for i in test_idx]
 
-    feats = {"eval": {"recon": _embed(evaluator, recon, size).double().numpy(),
-                      "test": _embed(evaluator, test, size).double().numpy(),
-                      "train": _embed(evaluator, x_tr, size).double().numpy()}}
+    feats = {"eval": {"recon": embed(evaluator, recon, size).double().numpy(),
+                      "test": embed(evaluator, test, size).double().numpy(),
+                      "train": embed(evaluator, x_tr, size).double().numpy()}}
     absent: dict[str, str] = {}
     try:
         inc, path = P.inception_model(cfg.device)

@@ -43,7 +43,7 @@ def main() -> None:
 
     from mi_bench.config import compose
     from mi_bench.data import load_splits, resolve_data_root
-    from mi_bench.pipeline import machine
+    from mi_bench.record import machine
     from mi_bench.runtime import Accel, configure_device, resolve_device, set_threads
 
     preset = "smoke" if a.smoke else "paper"
@@ -172,7 +172,7 @@ def main() -> None:
                                                f"paper width, float32 eager\n\n{tables(prof)}\n")
 
     # -- MCNN targets -------------------------------------------------------------------------
-    from mi_bench.pipeline import _make_defense, _target_factory
+    from mi_bench.stages import make_defense, target_factory
     from mi_bench.train import train_classifier
 
     epochs = {}
@@ -182,8 +182,8 @@ def main() -> None:
             rows.append((f"MCNN epoch, {option}", "skipped (budget)", ""))
             continue
         cfg = compose([f"preset={preset}", "dataset=mnist", f"defense={option}", "target.epochs=2"])
-        res = train_classifier(_target_factory(cfg, splits), splits.private_train, splits.private_val, cfg.target,
-                               seed=0, defense=_make_defense(cfg, splits), device=dev)
+        res = train_classifier(target_factory(cfg, splits), splits.private_train, splits.private_val, cfg.target,
+                               seed=0, defense=make_defense(cfg, splits), device=dev)
         h = res.history
         epochs[option] = h[-1]["seconds"]
         if option == "none":
@@ -197,8 +197,8 @@ def main() -> None:
     if budget_left():
         cfg = compose([f"preset={preset}", "dataset=mnist", "defense=bido-hsic", "target.epochs=1"])
         with profile(activities=acts) as prof:
-            train_classifier(_target_factory(cfg, splits), splits.private_train, splits.private_val, cfg.target,
-                             seed=0, defense=_make_defense(cfg, splits), device=dev)
+            train_classifier(target_factory(cfg, splits), splits.private_train, splits.private_val, cfg.target,
+                             seed=0, defense=make_defense(cfg, splits), device=dev)
             sync()
         (a.out / "profile_bido.txt").write_text("# torch.profiler: one BiDO-HSIC epoch of the MNIST MCNN "
                                                 f"(paper recipe, validation included)\n\n{tables(prof)}\n")

@@ -91,7 +91,8 @@ def plan(a: argparse.Namespace) -> list[dict]:
 def job_main(spec: dict) -> None:
     from mi_bench.config import compose
     from mi_bench.data import load_splits, resolve_data_root
-    from mi_bench.pipeline import Runner, artifact_plan
+    from mi_bench.pipeline import Runner
+    from mi_bench.stages import artifact_plan
     from mi_bench.registry import ATTACKS
     from mi_bench.runtime import setup_logging
 
@@ -105,25 +106,26 @@ def job_main(spec: dict) -> None:
         rec = run(cfg)
         out.update(run_id=rec["run_id"], stage_seconds=rec["stage_seconds"])
     else:
-        r = Runner(cfg, index=False)
-        splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root), cache_dir=r.store.root)
+        runner = Runner(cfg, index=False)
+        splits = load_splits(cfg.dataset, resolve_data_root(cfg.data_root), cache_dir=runner.store.root)
+        r = runner.stages(splits)
         if spec["stage"] == "target":
-            r.target(splits)
+            r.target()
         elif spec["stage"] == "evaluator":  # the evaluator (and any other judges of the run)
-            (r.judges if hasattr(r, "judges") else r.evaluator)(splits)
+            r.judges()
         else:  # prior: a shared prior needs only the target's key, a per-target one the target
             cls = ATTACKS.get(cfg.attack.name)
             attack = cls(cfg.attack, image_shape=splits.image_shape,
-                         num_classes=splits.num_private_classes, device=r.device)
-            attack.accel = r.accel
+                         num_classes=splits.num_private_classes, device=runner.device)
+            attack.accel = runner.accel
             target = None
             if cls.requirements.prior == "per_target":
-                target = r.target(splits)
+                target = r.target()
                 for p in target.parameters():
                     p.requires_grad_(False)
             else:
                 r.artifacts["target"] = {"key": artifact_plan(cfg, splits)["target"][1]}
-            r.prior(attack, splits, target)
+            r.prior(attack, target)
         out.update(stage_seconds=r.times, trained=r.trained, artifacts=r.artifacts)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     print("JOB-RESULT " + json.dumps(out, default=str), flush=True)

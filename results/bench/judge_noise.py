@@ -70,7 +70,7 @@ def main() -> None:
 
         from mi_bench.pipeline import Runner
 
-        judges = Runner(replace(cfg, cache_dir=str(a.cache), threads=1)).judges(splits)
+        judges = Runner(replace(cfg, cache_dir=str(a.cache), threads=1)).stages(splits).judges()
     xt = splits.eval_test[0]
     sets = noisy_sets(xt)
     flat = images.flatten(0, 1)

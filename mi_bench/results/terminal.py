@@ -29,7 +29,8 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from mi_bench.results import columns, protocol_note, section_title, sections, table_rows
+from mi_bench.results.leaderboard import section_title, sections
+from mi_bench.results.render import columns, protocol_note, table_rows
 
 # terminal headers (the markdown/HTML ones are longer); unknown keys keep their long header
 SHORT = {
