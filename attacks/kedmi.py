@@ -40,14 +40,22 @@ instead projects mu onto ``[-clip, clip]`` after every Adam step (samples unclam
 
 Evaluation: ``samples_per_class`` samples drawn per class from the learned distributions, every
 one returned and scored (the pipeline reports the mean over samples).
+
+LOMMA (``lomma=true``, ``attacks/lomma.py``): ``CE(T(G(z)), y)`` becomes LOMMA's identity loss,
+the batch mean of ``mean over T and 3 surrogates of -logit_y + lomma_lambda * mean((T.embed -
+p_reg)^2)`` (the official reductions); the surrogates and p_reg are a per-target artifact
+(``target_aux_spec`` / ``train_target_aux``, cached by the pipeline). Nothing else changes. The
+LOMMA code also clamps every sampled z to [-1, 1] (``clipz``), in its KED-MI baseline as in
+LOMMA: that is ``latent_clamp=z`` here, left to the user (the KED-MI authors' code does not
+clamp), so that the option changes one thing. With ``lomma=false`` (the default) the attack is
+the code path above, draw for draw, and trains no per-target artifact.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,6 +66,8 @@ from mi_bench.api import (
     gather, host_floats, load_prefixed, n_stages, param, prefixed, register_attack, sample_batches,
     target_probs, to_device,
 )
+
+from . import lomma as lomma_lib  # the LOMMA pieces shared with GMI (registers nothing)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +186,22 @@ class KEDMIConfig(PluginConfig):
     clip: float = param(1.0, gt=0.0, help="latent clamp range")
     samples_per_class: int = param(5, ge=1, help="samples drawn per class from the learned "
                                    "distribution; all are returned and scored")
+    # LOMMA (attacks/lomma.py): off by default; the lomma_* settings matter only with lomma=true
+    lomma: bool = param(False, neutral_default=True, help=lomma_lib.HELP["lomma"])
+    lomma_lambda: float = param(1.0, ge=0.0, neutral_default=True, only_with="lomma",
+                                help=lomma_lib.HELP["lambda"])
+    lomma_surrogates: str = param("efficientnet", neutral_default=True, only_with="lomma",
+                                  help=lomma_lib.HELP["surrogates"])
+    lomma_width: float = param(1.0, gt=0.0, le=4.0, neutral_default=True, only_with="lomma",
+                               help=lomma_lib.HELP["width"])
+    lomma_epochs: int = param(20, ge=1, neutral_default=True, only_with="lomma",
+                              help=lomma_lib.HELP["epochs"])
+    lomma_lr: float = param(0.02, gt=0.0, neutral_default=True, only_with="lomma", help=lomma_lib.HELP["lr"])
+    lomma_batch_size: int = param(64, ge=2, neutral_default=True, only_with="lomma",
+                                  help=lomma_lib.HELP["batch_size"])
+    lomma_n_public: int = param(5050, ge=1, neutral_default=True, only_with="lomma",
+                                help=lomma_lib.HELP["n_public"])
+    lomma_weights: str = param("", neutral_default=True, only_with="lomma", help=lomma_lib.HELP["weights"])
 
 
 @register_attack("kedmi")
@@ -185,6 +211,19 @@ class KEDMI(Attack):
     paper = "Chen et al., Knowledge-Enriched Distributional Model Inversion Attacks, ICCV 2021"
     requirements = AttackRequirements(prior="per_target")
     prior_version = "2"  # 2: official D (IN on layer 1, 3x3 4th layer), summed entropy
+
+    def __init__(self, cfg: KEDMIConfig, **kwargs: Any):
+        super().__init__(cfg, **kwargs)
+        self.lomma = lomma_lib.settings_of(cfg)  # None when off; paper weights checked before any training
+
+    def target_aux_spec(self) -> dict[str, Any] | None:
+        return None if self.lomma is None else lomma_lib.aux_spec(self.lomma)
+
+    def train_target_aux(self, public: torch.Tensor, target: nn.Module, *, seed: int,
+                         progress: Any) -> dict[str, torch.Tensor]:
+        self.check_public(public, target)
+        return lomma_lib.train_aux(self.lomma, public, target, num_classes=self.num_classes, seed=seed,
+                                   device=self.device, progress=progress)
 
     def _nets(self) -> tuple[DCGANGenerator, KEDDiscriminator]:
         c = self.cfg
@@ -274,6 +313,10 @@ class KEDMI(Attack):
         g, d = self._nets()
         load_prefixed("G", g, prior)
         load_prefixed("D", d, prior)
+        if self.lomma is not None:
+            iden_of, lomma_protocol = lomma_lib.identity_from_prior(
+                self.lomma, target, prior, num_classes=self.num_classes,
+                in_channels=self.image_shape[0], device=self.device)
         torch.manual_seed(seed)
         y = torch.tensor(classes, dtype=torch.long, device=self.device)
         k = len(classes)
@@ -289,8 +332,12 @@ class KEDMI(Attack):
                 x = g(z)
                 _, logits_d = d(x)
                 prior_loss = realness_loss(logits_d)
-                out = target(x)
-                ce = F.cross_entropy(out, y)
+                if self.lomma is None:
+                    out = target(x)
+                    ce = F.cross_entropy(out, y)
+                else:
+                    iden, out = iden_of(x, y)
+                    ce = iden.mean()
                 loss = prior_loss + c.lambda_ce * ce
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -304,17 +351,21 @@ class KEDMI(Attack):
             check.flush()
             with torch.no_grad():
                 imgs = torch.stack([g(self._sample_z(mu, log_var)) for _ in range(c.samples_per_class)], 1)
+        protocol = {
+            "attack": "kedmi",
+            "samples_per_class": c.samples_per_class,
+            "selection": "all N samples drawn from the learned distribution, each scored",
+            "iterations": c.iterations,
+            "optimizer": f"Adam lr={c.lr} on (mu, log sigma^2), one draw per class per step",
+            "loss": f"-log sigmoid(lse(D(G(z)))) + {c.lambda_ce} * CE(T(G(z)), y)",
+            "latent_clamp": c.latent_clamp, "clip": c.clip,
+        }
+        if self.lomma is not None:
+            protocol.update(lomma_protocol)
+            protocol["loss"] = f"-log sigmoid(lse(D(G(z)))) + {c.lambda_ce} * LOMMA identity loss"
         return Inversion(
             images=imgs.detach().cpu().clamp(0, 1),
             classes=[int(v) for v in classes],
-            protocol={
-                "attack": "kedmi",
-                "samples_per_class": c.samples_per_class,
-                "selection": "all N samples drawn from the learned distribution, each scored",
-                "iterations": c.iterations,
-                "optimizer": f"Adam lr={c.lr} on (mu, log sigma^2), one draw per class per step",
-                "loss": f"-log sigmoid(lse(D(G(z)))) + {c.lambda_ce} * CE(T(G(z)), y)",
-                "latent_clamp": c.latent_clamp, "clip": c.clip,
-            },
+            protocol=protocol,
             extra={"mu": mu.detach().cpu(), "log_var": log_var.detach().cpu()},
         )

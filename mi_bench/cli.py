@@ -26,16 +26,13 @@ import contextlib
 import json
 import logging
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 
 import click
-from rich.table import Table
 
 from mi_bench.config import RunConfig, compose, to_yaml
 from mi_bench.errors import USER_ERRORS
-from mi_bench.registry import REGISTRIES
+from mi_bench.registry import LAUNCHERS, REGISTRIES
 from mi_bench.runtime import Bars, console, setup_logging, stdout_console
 from mi_bench.sweep import failure_line
 
@@ -62,82 +59,6 @@ def _compose(overrides: tuple[str, ...]) -> RunConfig:
 def cli(log_level: str) -> None:
     """mi-bench: train defended classifiers, attack them, report accuracy vs leakage."""
     setup_logging(log_level)
-
-
-def _summary_table(rec: dict) -> Table:
-    m = rec["metrics"]
-    cfg = rec["config"]
-    t = Table(title=f"run {rec['run_id']}: {cfg['attack']['name']} vs {rec['defense_label']} "
-                    f"on {cfg['dataset']['name']} ({cfg['dataset']['protocol']}, preset {cfg['preset']})")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_column("protocol", overflow="fold")
-    pct = lambda v: "failed" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-
-    def num(k: str, se: str | None = None, fmt: str = ".3f") -> str:
-        if m.get(k) is not None:
-            return f"{m[k]:{fmt}}" + (f" ± {m[se]:{fmt}}" if se and m.get(se) is not None else "")
-        if k in m.get("metric_absent", {}):
-            return "n/a"
-        return "failed"
-
-    shown: dict[str, str] = {}
-
-    def why(k: str, text: str = "") -> str:
-        """The protocol note, or for a missing metric its full reason (file and folder included;
-        a reason already shown for another metric is referred to, not repeated)."""
-        reason = m.get("metric_absent", {}).get(k) or m.get("metric_errors", {}).get(k)
-        if m.get(k) is not None or not reason:
-            return text
-        if reason in shown:
-            return f"as {shown[reason]}"
-        shown[reason] = k
-        return reason
-    n_priv = len(rec["protocol"]["data"]["private_classes"])
-    t.add_row("target acc", pct(m["target_acc"]), "private test split")
-    t.add_row("eval acc", pct(m["eval_acc"]), f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")
-    ci = m.get("attack_acc_ci")
-    acc = pct(m["attack_acc"]) + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
-    t.add_row("attack acc (top-1)", acc, f"95% Wilson interval; chance {100 / n_priv:.0f}% over private "
-              f"classes; {m['n_reconstructions']} reconstructions")
-    judges = rec["protocol"].get("judges") or {}
-    for name, res in (m.get("judges") or {}).items():
-        if name == "eval":
-            continue
-        info = judges.get(name, {})
-        lo, hi = res["acc_ci"]
-        t.add_row(f"{name} judge acc", f"{pct(res['acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]",
-                  f"{info.get('architecture', '?')}, {info.get('augmentation', '?')} augmentation, "
-                  f"adversarial {info.get('adversarial', '?')}; rejected {100 * res['rejected']:.0f}%")
-    if m.get("consensus_acc") is not None:
-        lo, hi = m["consensus_acc_ci"]
-        t.add_row("consensus acc", f"{pct(m['consensus_acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]",
-                  f"every judge ({', '.join(m['consensus_judges'])}) names the attacked class")
-    t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]), "")
-    div = m.get("diversity")
-    if div:
-        flagged = div["collapsed_classes"]
-        t.add_row("diversity", f"{m['diversity_ratio']:.2f} x real",
-                  "mean pairwise distance of reconstructions / of real images, per class; "
-                  + (f"COLLAPSED classes: {flagged}" if flagged else "no class collapsed"))
-    elif "diversity" in m.get("metric_errors", {}):
-        t.add_row("diversity", "failed", m["metric_errors"]["diversity"][:60])
-    t.add_row("per class", " ".join(f"{k}:{100 * v:.0f}" for k, v in m["per_class"].items()), "")
-    n = m["n_reconstructions"]
-    lp_net = cfg.get("eval", {}).get("lpips_net", "alex")
-    t.add_row("KNN dist", num("knn_dist"), why("knn_dist", "evaluator features, same-class private train"))
-    t.add_row("LPIPS-NN", num("lpips_nn"), why("lpips_nn", f"LPIPS ({lp_net}) to the nearest same-class "
-                                                       "private train image; lower = closer"))
-    t.add_row("FID (eval feats)", num("fid_eval"), why("fid_eval", f"vs private train; biased by n={n}"))
-    t.add_row("KID (eval feats)", num("kid_eval", "kid_eval_se", ".3g"),
-              why("kid_eval", "± jackknife s.e.; unbiased: compare runs with different n by KID"))
-    t.add_row("FID (Inception)", num("fid_inception"), why("fid_inception", "pytorch-fid Inception-v3"))
-    t.add_row("KID (Inception)", num("kid_inception", "kid_inception_se", ".3g"), why("kid_inception"))
-    t.add_row("trained", ", ".join(rec["trained"]) or "nothing (all cached)", "")
-    t.add_row("wall time", f"{rec['wall_seconds']:.1f}s",
-              " ".join(f"{k}={v:.1f}s" for k, v in rec["stage_seconds"].items()))
-    t.add_row("grid", str(rec.get("grid")), "")
-    return t
 
 
 def _run_one(cfg: RunConfig, quiet: bool) -> dict:
@@ -178,7 +99,9 @@ def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     if as_json:
         click.echo(json.dumps(rec, indent=2, default=str))
     else:
-        stdout_console().print(_summary_table(rec))
+        from mi_bench.tables import run_table
+
+        stdout_console().print(run_table(rec))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -225,36 +148,19 @@ def rescore(items: tuple[str, ...], db: str, all_runs: bool, as_json: bool, quie
     if as_json:
         click.echo(json.dumps(recs, indent=2, default=str))
         return
+    from mi_bench.tables import rescore_table
+
     out = stdout_console()
     for rec in recs:
-        out.print(_rescore_table(rec))
-
-
-def _rescore_table(rec: dict) -> Table:
-    """Old and new numbers of one re-scored run."""
-    m, how = rec["metrics"], rec["rescore"]
-    old = how["from_metrics"]
-    cfg = rec["config"]
-    t = Table(title=f"run {rec['rescored_from']} re-scored as {rec['run_id']}: {cfg['attack']['name']} vs "
-                    f"{rec['defense_label']} on {cfg['dataset']['name']} (preset {cfg['preset']}, seed {cfg['seed']})",
-              caption=f"target acc {how['target_acc']}; grid {rec.get('grid')}")
-    for col in ("metric", "before", "now"):
-        t.add_column(col, justify="left" if col == "metric" else "right")
-    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    keys = ["target_acc", "eval_acc", "attack_acc",
-            *[f"attack_acc_{j}" for j in (m.get("judges") or {}) if j != "eval"], "consensus_acc",
-            "attack_acc_pixel_nn"]
-    for k in keys:
-        t.add_row(k, pct(old.get(k)), pct(m.get(k)))
-    for j, res in (m.get("judges") or {}).items():
-        t.add_row(f"{j} rejected", pct(how.get("from_rejected", {}).get(j)), pct(res["rejected"]))
-    return t
+        out.print(rescore_table(rec))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1)
-@click.option("--launcher", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="local: this machine; slurm: one job array through submitit (resources: slurm.*)")
+@click.option("--launcher", type=click.Choice(LAUNCHERS.names()), default="local", show_default=True,
+              help="local: this machine (with --workers N: the 'workers' launcher, N processes); "
+                   "slurm: one job array through submitit (resources: slurm.*); others: registered "
+                   "mi_bench.launchers plugins")
 @click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
               help="local launcher: cells run at once, each in its own process")
 @click.option("--dry-run", is_flag=True, help="list the cells, which have records, and the artifacts each would train")
@@ -281,163 +187,31 @@ def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool
       mi-bench sweep defense=mid defense.beta=0.01,0.1 --launcher slurm slurm.partition=gpu slurm.gpus=1 device=cuda
       mi-bench sweep defense=mid defense.beta=0.01,0.1 --status
     """
+    from rich.console import Console
+
     from mi_bench import sweep as sw
-    from mi_bench.fsutil import sweep_tmp
-    from mi_bench.results import ResultStore, preflight
+    from mi_bench.tables import dry_run_table, sweep_status_table
 
     try:
         cells = sw.make_cells(overrides)  # validate everything before any work
-    except USER_ERRORS as exc:
-        _fail(str(exc))
-    state = sw.SweepState.for_cells(cells)
-    cfg0 = cells[0].cfg
-    store = ResultStore(cfg0.results_db)
-    if show_status:
-        _sweep_status(state, cells, store)
-        return
-    if dry_run:
-        _sweep_dry_run(state, cells, store)
-        return
-    try:
-        preflight(cfg0)  # the results database and folders work, before any training
-        indexed = store.config_hashes()
-    except USER_ERRORS as exc:
-        _fail(str(exc))
-    sweep_tmp(state.folder, depth=2)  # state files a killed launcher or worker left half-written
-    state.write_manifest(cells, overrides)
-    todo, skipped = [], {"done": 0, "failed": 0, "running": 0}
-    for c in cells:
-        status, _ = state.status(c.hash, indexed)
-        if force or status in ("pending", "interrupted") or (status == "failed" and retry_failed):
-            todo.append(c)
-        elif status in ("queued", "running"):
-            skipped["running"] += 1
+        if show_status:
+            table, line = sweep_status_table(*sw.status(cells))
+        elif dry_run:
+            table, line = dry_run_table(sw.dry_run(cells))
         else:
-            skipped[status] += 1
-    log.info("sweep %s: %d cells; %d to run, %d done, %d failed (skipped%s), %d running elsewhere",
-             state.sweep_id, len(cells), len(todo), skipped["done"], skipped["failed"],
-             "" if not skipped["failed"] else "; --retry-failed runs them", skipped["running"])
-    if not todo:
+            chosen = "workers" if launcher == "local" and workers > 1 else launcher
+            outcome = sw.run_sweep(cells, overrides, launcher=chosen, workers=workers, force=force,
+                                   retry_failed=retry_failed, wait=wait, quiet=quiet)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    if show_status or dry_run:
+        out = Console()
+        out.print(table)
+        out.print(line)
         return
-    results: dict[str, str] = {}
-    if launcher == "slurm":
-        try:
-            jobs = sw.launch_slurm(state, todo, force=force)
-        except Exception as exc:  # noqa: BLE001 - sbatch missing, submission refused, ...
-            _fail(f"Slurm submission failed: {failure_line(exc)}")
-        if not wait:
-            log.info("'mi-bench sweep %s --status' shows progress and indexes finished records",
-                     " ".join(overrides))
-            return
-        for job in jobs:
-            try:
-                job.result()
-            except Exception as exc:  # noqa: BLE001 - the job itself died (the cell state says more)
-                log.debug("job %s: %s", job.job_id, exc)
-        sw.index_done(state, todo, cfg0.results_db)
-        results = {c.hash: state.status(c.hash, store.config_hashes())[0] for c in todo}
-        for k, c in enumerate(todo, 1):
-            sw.report_cell(state, c, results[c.hash], (state.read(c.hash) or {}).get("seconds") or 0, k, len(todo))
-    elif workers > 1:
-        needs = _needs(cells=todo)
-        results = sw.launch_local(state, todo, workers, needs=needs, force=force)
-    else:
-        for k, c in enumerate(todo, 1):
-            log.info("[%d/%d] %s", k, len(todo), c.label)
-            t0 = time.perf_counter()
-            with Bars(not quiet, c.cfg.progress_interval_s) as bars:
-                results[c.hash] = sw.run_cell(state.folder, c.hash, bars=bars, force=force)
-            sw.report_cell(state, c, results[c.hash], time.perf_counter() - t0, k, len(todo))
-    failed = [h for h, s in results.items() if s == "failed"]
-    if failed:
-        _fail(f"{len(failed)} of {len(todo)} cells failed (the others ran); 'mi-bench sweep "
+    if outcome.failed:
+        _fail(f"{len(outcome.failed)} of {len(outcome.todo)} cells failed (the others ran); 'mi-bench sweep "
               f"{' '.join(overrides)} --status' lists them and --retry-failed runs them again", status=1)
-
-
-def _needs(cells: list) -> dict[str, set]:
-    """The artifacts each cell would train (not cached yet)."""
-    from mi_bench import sweep as sw
-
-    try:
-        plans = sw.plan_cells(cells)
-    except USER_ERRORS as exc:
-        _fail(str(exc))
-    cached = sw.cached_artifacts(cells, plans)
-    return {h: {a for a in p.values() if a not in cached} for h, p in plans.items()}
-
-
-def _sweep_status(state, cells: list, store) -> None:
-    from rich.console import Console
-
-    from mi_bench import sweep as sw
-
-    try:
-        added = sw.index_done(state, cells, store.path) if state.folder.is_dir() else 0
-        indexed = store.config_hashes()
-    except USER_ERRORS as exc:
-        _fail(str(exc))
-    if added:
-        log.info("indexed %d finished record(s) into %s", added, store.path)
-    t = Table(title=f"sweep {state.sweep_id} ({state.folder})", title_justify="left")
-    for col in ("status", "cell", "hash", "details"):
-        t.add_column(col, overflow="fold")
-    counts: dict[str, int] = {}
-    for c in cells:
-        status, st = state.status(c.hash, indexed)
-        counts[status] = counts.get(status, 0) + 1
-        if status == "failed":
-            details = f"{st.get('error')} (attempts {st.get('attempts', 1)}; log {st.get('log')})"
-        elif status in ("running", "queued"):
-            details = f"host {st.get('host', '?')} pid {st.get('pid', '?')} job {st.get('job_id')} log {st.get('log')}"
-        elif status == "done":
-            details = f"run {st.get('run_id', '(in database)')}"
-        elif status == "interrupted":
-            details = f"started {st.get('started_at')}, its process is gone; runs again next time"
-        else:
-            details = ""
-        t.add_row(status, c.label, c.hash, details)
-    out = Console()
-    out.print(t)
-    out.print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f" of {len(cells)} cells")
-
-
-def _sweep_dry_run(state, cells: list, store) -> None:
-    from rich.console import Console
-
-    from mi_bench import sweep as sw
-
-    try:
-        indexed = store.config_hashes() if store.path.is_file() else set()
-        plans = sw.plan_cells(cells)
-    except USER_ERRORS as exc:
-        _fail(str(exc))
-    cached = sw.cached_artifacts(cells, plans)
-    needs = {h: {a for a in p.values() if a not in cached} for h, p in plans.items()}
-    order = sw.order_cells(cells, needs)
-    t = Table(title=f"sweep {state.sweep_id}: {len(cells)} cells, in launch order", title_justify="left")
-    for col in ("#", "status", "cell", "artifacts (trained by this cell, shared, cached)"):
-        t.add_column(col, overflow="fold")
-    trained_by: dict = {}
-    for i, c in enumerate(order, 1):
-        status, _ = state.status(c.hash, indexed)
-        parts = []
-        for stage, a in plans[c.hash].items():
-            if a in cached:
-                parts.append(f"{stage} {a[1]} cached")
-            elif status == "done":
-                parts.append(f"{stage} {a[1]} -")
-            elif a in trained_by:
-                parts.append(f"{stage} {a[1]} from cell #{trained_by[a]}")
-            else:
-                trained_by[a] = i
-                parts.append(f"[bold]{stage} {a[1]} TRAIN[/]")
-        t.add_row(str(i), "has record" if status == "done" else status, c.label, "; ".join(parts))
-    out = Console()
-    out.print(t)
-    runs = sum(1 for c in cells if state.status(c.hash, indexed)[0] != "done")
-    kinds = Counter(a[0] for a in trained_by)
-    out.print(f"{len(cells) - runs} of {len(cells)} cells have records; {runs} would run and train "
-              f"{len(trained_by)} artifacts ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items())) or 'none'})")
 
 
 @cli.command("show-config", context_settings={"ignore_unknown_options": True})
@@ -452,16 +226,11 @@ def list_cmd() -> None:
     """List registered attacks, defenses, datasets and models."""
     from mi_bench.config import group_options
 
+    from mi_bench.tables import registry_table
+
     out = stdout_console()  # the listing is the command's output
     for kind, reg in REGISTRIES.items():
-        t = Table(title=f"{kind}s", title_justify="left")
-        t.add_column("name", style="bold")
-        t.add_column("description")
-        t.add_column("paper")
-        for name, obj in reg.items():
-            t.add_row(name, getattr(obj, "summary", "") or (obj.__doc__ or "").strip().split("\n")[0],
-                      getattr(obj, "paper", ""))
-        out.print(t)
+        out.print(registry_table(kind, reg))
         for n, why in reg.broken.items():
             out.print(f"[yellow]broken {kind} plugin '{n}' (skipped): {why}[/]")
     out.print(f"presets: {', '.join(group_options('preset'))}")

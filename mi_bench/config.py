@@ -516,6 +516,11 @@ def _validated(cfg: DictConfig) -> RunConfig:
             errors.append(f"{section}.nesterov=true needs {section}.momentum > 0 (or nesterov=false)")
         if any(m < 1 for m in tc.milestones):
             errors.append(f"{section}.milestones={list(tc.milestones)}: epochs are counted from 1")
+    others = [("evaluator", run.evaluator), ("judge.resnet", run.judge.resnet), ("judge.robust", run.judge.robust)]
+    for section, tc in others:
+        if tc.pretrain:
+            errors.append(f"{section}.pretrain={tc.pretrain}: pretraining on the public data is a target "
+                          "option (target.pretrain=public); set it back to ''")
     if errors:
         raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
     if run.dataset.name not in DATASETS:

@@ -33,6 +33,7 @@ from torch.nn import functional as F
 
 from mi_bench.errors import ConfigError, DataUnavailable  # noqa: F401 - raised here; importable from here too
 from mi_bench.face_config import FaceConfig
+from mi_bench.images import to_uint8
 from mi_bench.params import param
 from mi_bench.registry import DATASETS
 
@@ -107,7 +108,7 @@ class DataSplits:
         for p in parts:
             x, y = getattr(self, p)
             h.update(p.encode())
-            h.update((x * 255).round().to(torch.uint8).numpy().tobytes())
+            h.update(to_uint8(x).numpy().tobytes())  # images in [0, 1]: clamping changes nothing
             h.update(y.to(torch.int64).numpy().tobytes())
         return h.hexdigest()[:16]
 

@@ -49,6 +49,10 @@ class NotWritable(OSError):
     """A folder cannot be written, or its file system is (nearly) full."""
 
 
+class LaunchError(RuntimeError):
+    """A sweep's cells could not be handed to their launcher (Slurm refused the submission)."""
+
+
 class WeightsUnavailable(RuntimeError):
     """Weights are not on disk and may not or could not be downloaded: a metric absent by design."""
 
@@ -59,7 +63,7 @@ class DistanceUnavailable(RuntimeError):
 
 # Exceptions whose message is a complete one-line explanation for the user (bad input, missing
 # or corrupt data, unusable checkpoint or results path).
-USER_ERRORS = (ConfigError, DataUnavailable, ArtifactError, RegistryError, ResultsError)
+USER_ERRORS = (ConfigError, DataUnavailable, ArtifactError, RegistryError, ResultsError, LaunchError)
 
 
 STRICT_METRICS_ENV = "MI_BENCH_STRICT_METRICS"

@@ -4,6 +4,9 @@ A defense shapes how the target classifier is trained. The trainer (``mi_bench.t
 the loop; a defense hooks into it at well-defined points, each with a no-op default, so the
 undefended baseline ``none`` is a defense that overrides nothing:
 
+* ``check_target(target)``      refuse, before any training, a target this defense cannot train
+                                (TL-DMI: one trained from scratch); ``target`` is the run's
+                                ``target`` section (``mi_bench.train.TrainConfig``).
 * ``build_model(model)``        change the network (MID's bottleneck head, DP-SGD's GroupNorm).
 * ``tap_layers(model)``         names of modules whose outputs the trainer captures (forward
                                 hooks, added before training and removed after) for loss terms.
@@ -101,6 +104,12 @@ class Defense:
         self.input_shape = input_shape
 
     # -- model -----------------------------------------------------------------------------
+    def check_target(self, target: Any) -> None:
+        """Raise ``ValueError`` (one line: the problem and the fix) when the target described by
+        ``target`` (the run's ``target`` section: model, recipe, ``pretrained``, ``pretrain``)
+        cannot be trained under this defense. Called by the target stage before any training,
+        and by ``mi-bench sweep --dry-run``'s plan."""
+
     def build_model(self, model: nn.Module) -> nn.Module:
         return model
 

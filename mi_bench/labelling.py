@@ -55,8 +55,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from mi_bench.artifacts import _atomic_write
 from mi_bench.errors import ArtifactError
+from mi_bench.fsutil import atomic_write
+from mi_bench.images import to_hwc_uint8
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def copy_labels(source_folder: str | Path, folder: str | Path, run_id: str) -> i
         labels = load_labels(source_folder)
     data = {"run_id": run_id, "format": 1, "copied_from": str(source_folder),
             "labels": {str(k): v for k, v in sorted(labels.items())}}
-    _atomic_write(labels_path(folder), lambda p: Path(p).write_text(json.dumps(data, indent=1)))
+    atomic_write(labels_path(folder), lambda p: Path(p).write_text(json.dumps(data, indent=1)))
     return len(labels)
 
 
@@ -108,7 +109,7 @@ def save_label(run_folder: str | Path, run_id: str, index: int, label: str, labe
                               "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         data = {"run_id": run_id, "format": 1,
                 "labels": {str(k): v for k, v in sorted(labels.items())}}
-        _atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=1)))
+        atomic_write(path, lambda p: Path(p).write_text(json.dumps(data, indent=1)))
         return len(labels)
 
 
@@ -176,7 +177,7 @@ class LabelSession:
         if not 0 <= position < len(self.items):
             raise IndexError(f"item position {position} is out of range 0..{len(self.items) - 1}")
         it = self.items[position]
-        recon = _to_uint8(self.image(it["index"]))
+        recon = _rgb(self.image(it["index"]))
         h, w = recon.shape[:2]
         s = scale
         pad = 2 * s
@@ -193,7 +194,7 @@ class LabelSession:
                 canvas[y - s:y + h * s + s, x0 - s:x0 + k * (w * s + pad) - pad + s] = (40, 160, 40)
             for j, ref in enumerate(self.references[r]):
                 xx = x0 + j * (w * s + pad)
-                canvas[y:y + h * s, xx:xx + w * s] = np.kron(_to_uint8(ref), np.ones((s, s, 1), np.uint8))
+                canvas[y:y + h * s, xx:xx + w * s] = np.kron(_rgb(ref), np.ones((s, s, 1), np.uint8))
         return canvas
 
     def sheets(self, start: int, count: int) -> np.ndarray:
@@ -211,9 +212,9 @@ class LabelSession:
                                for p in parts])
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(C, H, W) in [0, 1] -> (H, W, 3) uint8."""
-    a = (x.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+def _rgb(x: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8 (grey repeated to three channels)."""
+    a = to_hwc_uint8(x)
     return np.repeat(a, 3, axis=2) if a.shape[2] == 1 else a
 
 
@@ -230,23 +231,28 @@ def _png(a: np.ndarray, scale: int = 1) -> bytes:
 def session_for_run(record: dict[str, Any], data_root: str | None = None, n_refs: int = 5) -> LabelSession:
     """Build the session of a stored run: its saved reconstructions and real private training
     images (loaded from the dataset of the run's config)."""
-    from mi_bench.data import DatasetConfig, load_splits, resolve_data_root
+    from mi_bench.artifacts import resolve_cache_dir
+    from mi_bench.data import load_splits, resolve_data_root
+    from mi_bench.record import dataset_config
     from mi_bench.runs import load_reconstructions
 
     folder = record.get("run_dir")
     if not folder:
         raise ArtifactError(f"run {record['run_id']} has no run folder (recorded before mi-bench 0.2); re-run it")
     images, classes = load_reconstructions(Path(folder))
-    dcfg = DatasetConfig(**record["config"]["dataset"])
-    splits = load_splits(dcfg, resolve_data_root(data_root if data_root is not None
-                                                 else record["config"].get("data_root", "")))
+    config = record["config"]
+    splits = load_splits(dataset_config(record, download=False),
+                         resolve_data_root(data_root if data_root is not None else config.get("data_root", "")),
+                         cache_dir=resolve_cache_dir(config.get("cache_dir", "")))
     x, y = splits.private_train
     rng = np.random.default_rng(0)
     refs = {}
     for c in range(splits.num_private_classes):
         idx = (y == c).nonzero().flatten().numpy()
         refs[c] = x[rng.permutation(idx)[:n_refs]]
-    names = {c: f"class {c} (label {splits.private_classes[c]})" for c in refs}
+    people = splits.info.get("class_names")  # face datasets: the identities' names
+    names = {c: (f"{people[c]} (class {c})" if people else f"class {c} (label {splits.private_classes[c]})")
+             for c in refs}
     return LabelSession(record["run_id"], Path(folder), images, classes, refs, names)
 
 
@@ -295,7 +301,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, {str(k): v["label"] for k, v in load_labels(sess.run_folder).items()})
             elif len(parts) == 3 and parts[:2] == ["api", "image"] and parts[2].endswith(".png"):
                 scale = _int_arg(parse_qs(url.query).get("scale", ["1"])[0], "scale", 1, 16)
-                self._send(HTTPStatus.OK, _png(_to_uint8(sess.image(_int_arg(parts[2][:-4], "index"))), scale),
+                self._send(HTTPStatus.OK, _png(_rgb(sess.image(_int_arg(parts[2][:-4], "index"))), scale),
                            "image/png")
             elif len(parts) == 3 and parts[:2] == ["api", "item"] and parts[2].endswith(".png"):
                 self._send(HTTPStatus.OK, _png(sess.sheet(_int_arg(parts[2][:-4], "position"))), "image/png")
@@ -308,7 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
                 c, k = _int_arg(parts[2], "class"), _int_arg(parts[3][:-4], "reference")
                 if c not in sess.references or not 0 <= k < len(sess.references[c]):
                     raise IndexError(f"no reference image {k} of class {c}")
-                self._send(HTTPStatus.OK, _png(_to_uint8(sess.references[c][k])), "image/png")
+                self._send(HTTPStatus.OK, _png(_rgb(sess.references[c][k])), "image/png")
             else:
                 self._error(HTTPStatus.NOT_FOUND, f"no such page: {url.path}")
         except IndexError as exc:

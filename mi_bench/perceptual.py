@@ -84,6 +84,7 @@ import torch
 from torch.nn import functional as F
 
 from mi_bench.errors import WeightsUnavailable
+from mi_bench.images import to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -378,7 +379,7 @@ def real_inception_features(model, x_real: torch.Tensor, weights_sha: str, store
         return inception_features(model, x_real)
     from mi_bench.config import stable_hash
 
-    data = hashlib.sha256((x_real.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
+    data = hashlib.sha256(to_uint8(x_real).numpy().tobytes())
     key = stable_hash({"weights": weights_sha, "data": data.hexdigest(), "shape": list(x_real.shape),
                        "version": INCEPTION_FEATURES_VERSION})
     if store.exists("features-inception", key):

@@ -5,7 +5,8 @@ built-in attack and defense packages are *discovered*: every module of ``mi_benc
 ``mi_bench.defenses`` (``attacks/``, ``defenses/`` in the repository) whose name does not start
 with ``_`` is imported, so a new built-in plugin is one new file and nothing else. Third-party
 packages add plugins through entry-point groups (``mi_bench.attacks``,
-``mi_bench.defenses``, ``mi_bench.datasets``, ``mi_bench.models``). An entry point names a
+``mi_bench.defenses``, ``mi_bench.datasets``, ``mi_bench.models``; sweep launchers:
+``mi_bench.launchers``). An entry point names a
 class or function; importing it is enough when it uses the decorator, otherwise the loaded
 object is registered under the entry point's name. A plugin that fails to load produces a
 warning naming it and is skipped; everything else keeps working.
@@ -125,5 +126,7 @@ ATTACKS: Registry = Registry("attack", ("mi_bench.attacks",))
 DEFENSES: Registry = Registry("defense", ("mi_bench.defenses",))
 DATASETS: Registry = Registry("dataset", ("mi_bench.data", "mi_bench.faces"))
 MODELS: Registry = Registry("model", ("mi_bench.models", "mi_bench.face_models"))
+
+LAUNCHERS: Registry = Registry("launcher", ("mi_bench.sweep.launchers",))
 
 REGISTRIES = {"attack": ATTACKS, "defense": DEFENSES, "dataset": DATASETS, "model": MODELS}

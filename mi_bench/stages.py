@@ -3,8 +3,16 @@ per-target artifact - each trained once and then loaded from the artifact cache 
 
 Stages and their cache keys (``mi_bench.artifacts``):
 
+* pretrain  - only with ``target.pretrain=public`` (any defense): the network pretrained as a
+              classifier of the public classes (``mi_bench.train.pretrain_set``), without the
+              defense: public-set content hash, the private classes left out of it,
+              ``target.pretrain_min_images``, the pretraining recipe
+              (``mi_bench.train.pretrain_config``: model, width, optimiser, ``pretrain_epochs``,
+              ``pretrain_lr``, ``pretrained`` file, ...), run seed, stage code version;
 * target    - dataset private train/val content hash, ``target`` section, defense config,
-              run seed, stage code version (or the user checkpoint's SHA-256);
+              run seed, stage code version, and the pretrain artifact's key when there is one
+              (or the user checkpoint's SHA-256). The target starts from the pretrain
+              artifact (every tensor but the head's, ``mi_bench.train.init_from_pretrained``);
 * evaluator - dataset eval train/val content hash, ``evaluator`` section, ``eval_seed``,
               ``judge.none_fraction``, ``judge.noise_fraction``, ``judge.noise_amplitude`` (the
               evaluator is the ``eval`` judge, with a "none" class);
@@ -37,18 +45,21 @@ import torch
 from mi_bench.artifacts import ArtifactStore, load_checkpoint, sha256_file
 from mi_bench.config import RunConfig, stable_hash
 from mi_bench.data import DataSplits
-from mi_bench.errors import ArtifactError
+from mi_bench.errors import ArtifactError, ConfigError
 from mi_bench.interfaces import Attack, Defense
 from mi_bench.judges import Judge, JudgeRecipe, describe, health
 from mi_bench.models import build_model
 from mi_bench.params import hash_dict, prior_fields, strip_neutral
 from mi_bench.registry import ATTACKS, DEFENSES
 from mi_bench.runtime import NULL_BARS, Accel, Bars
-from mi_bench.train import accuracy, train_classifier
+from mi_bench.train import (
+    accuracy, init_from_pretrained, pretrain_config, pretrain_set, train_classifier,
+)
 
 log = logging.getLogger(__name__)
 
 TARGET_VERSION = "1"
+PRETRAIN_VERSION = "1"
 EVALUATOR_VERSION = "3"  # 2: K + 1 outputs, the last a "none" class trained on junk; 3: background noise
 JUDGE_VERSION = "2"  # 2: background noise on real training images (judge.noise_*)
 
@@ -59,13 +70,23 @@ def make_defense(cfg: RunConfig, splits: DataSplits) -> Defense:
     return cls(cfg.defense, num_classes=splits.num_private_classes, input_shape=splits.image_shape)
 
 
-def target_factory(cfg: RunConfig, splits: DataSplits) -> Callable[[], torch.nn.Module]:
-    """A function building the run's (untrained) target network."""
+def target_factory(cfg: RunConfig, splits: DataSplits,
+                   init: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None
+                   ) -> Callable[[], torch.nn.Module]:
+    """A function building the run's (untrained) target network; with ``init`` = (the pretrain
+    artifact's state dict, its description), started from it (every tensor but the head's; the
+    ``target.pretrained`` file, if any, went into the pretraining)."""
     c = splits.image_shape[0]
     t = cfg.target
-    return lambda: build_model(t.model, num_classes=splits.num_private_classes, in_channels=c,
-                               width=t.width, pretrained=t.pretrained,
-                               pretrained_sha256=t.pretrained_sha256, what="target")
+
+    def make() -> torch.nn.Module:
+        model = build_model(t.model, num_classes=splits.num_private_classes, in_channels=c,
+                            width=t.width, pretrained="" if init else t.pretrained,
+                            pretrained_sha256=t.pretrained_sha256, what="target")
+        if init is not None:
+            init_from_pretrained(model, *init)
+        return model
+    return make
 
 
 def make_attack(cfg: RunConfig, splits: DataSplits, device: torch.device) -> Attack:
@@ -81,12 +102,31 @@ def _with_amp(spec: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     return {**spec, "amp": cfg.amp} if cfg.amp != "off" else spec
 
 
-def target_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
+def pretrain_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any] | None:
+    """The key spec of the target's public pretraining; None without ``target.pretrain``."""
+    t = cfg.target
+    if t.pretrain != "public":
+        return None
     return _with_amp({
+        "stage": "pretrain", "version": PRETRAIN_VERSION, "public": splits.fingerprint(("public",)),
+        "exclude": list(splits.private_classes), "min_images": t.pretrain_min_images,
+        "train": hash_dict(pretrain_config(t)), "seed": cfg.seed,
+    }, cfg)
+
+
+def target_spec(cfg: RunConfig, splits: DataSplits) -> dict[str, Any]:
+    """The target's key spec; the defense first refuses a target it cannot train
+    (:meth:`Defense.check_target`)."""
+    make_defense(cfg, splits).check_target(cfg.target)
+    spec = {
         "stage": "target", "version": TARGET_VERSION,
         "data": splits.fingerprint(("private_train", "private_val")),
         "train": hash_dict(cfg.target), "defense": hash_dict(cfg.defense), "seed": cfg.seed,
-    }, cfg)
+    }
+    pre = pretrain_spec(cfg, splits)
+    if pre is not None:
+        spec["pretrain"] = stable_hash(pre)
+    return _with_amp(spec, cfg)
 
 
 def judge_specs(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, dict[str, Any], Any, int]]:
@@ -156,6 +196,9 @@ def artifact_plan(cfg: RunConfig, splits: DataSplits) -> dict[str, tuple[str, st
     plan: dict[str, tuple[str, str]] = {}
     tkey = target_key(cfg, splits)
     if not cfg.target_checkpoint:
+        pre = pretrain_spec(cfg, splits)
+        if pre is not None:
+            plan["pretrain"] = ("pretrain", stable_hash(pre))
         plan["target"] = ("target", tkey)
     for name, (kind, jspec, _, _) in judge_specs(cfg, splits).items():
         plan["evaluator" if name == "eval" else f"judge-{name}"] = (kind, stable_hash(jspec))
@@ -202,7 +245,8 @@ class Stages:
         trained: dict[str, torch.nn.Module] = {}
 
         def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            accel = self.accel if kind == "target" else Accel(compile=self.accel.compile)  # fp32 judge
+            # bf16 (amp) for the target and its pretraining; judges always train in float32
+            accel = self.accel if kind in ("target", "pretrain") else Accel(compile=self.accel.compile)
             res = train_classifier(make, train, val, tcfg, seed=seed, defense=defense,
                                    device=self.device, bars=self.bars, desc=f"train {kind}", accel=accel)
             trained["model"] = res.model
@@ -231,15 +275,45 @@ class Stages:
         self.artifacts[kind] = info
         return model, info
 
+    def pretrain(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The target's public pretraining (``target.pretrain=public``), trained without the
+        defense or loaded: its state dict and a description (what the target's ``init_report``
+        records). Artifact ``pretrain``, with the number of classes and images it was trained on
+        and its accuracy on them (eval mode, after training)."""
+        cfg, splits = self.cfg, self.splits
+        t = cfg.target
+        spec = pretrain_spec(cfg, splits)
+        assert spec is not None, "pretrain() needs target.pretrain=public"
+        x, y, classes = pretrain_set(splits.public, splits.private_classes, t.pretrain_min_images)
+        if len(classes) < 2:
+            raise ConfigError(
+                f"target.pretrain=public: the public set of {splits.name} has {len(classes)} non-private "
+                f"classes with >= {t.pretrain_min_images} images; pretraining needs at least 2 (lower "
+                "target.pretrain_min_images, or use a public set with labelled classes)")
+        c = splits.image_shape[0]
+        make = lambda: build_model(t.model, num_classes=len(classes), in_channels=c, width=t.width,  # noqa: E731
+                                   pretrained=t.pretrained, pretrained_sha256=t.pretrained_sha256,
+                                   what="target")
+        model, info = self._classifier(
+            "pretrain", spec, make, (x, y), (x[:0], y[:0]), pretrain_config(t), seed=cfg.seed,
+            defense=None, checks=lambda m: {"public_acc": accuracy(m, x, y)})
+        info.update(classes=len(classes), images=len(y), val_acc=None)
+        source = {"pretrain": "public", "key": info["key"], "classes": len(classes), "images": len(y)}
+        return model.state_dict(), source
+
     def target(self) -> torch.nn.Module:
-        """The target: trained under the defense (or loaded), or the user's checkpoint."""
+        """The target: trained under the defense (or loaded), or the user's checkpoint. With
+        ``target.pretrain=public`` it starts from the pretrain artifact (:meth:`pretrain`,
+        trained or loaded first)."""
         cfg, splits = self.cfg, self.splits
         defense = make_defense(cfg, splits)
-        make = target_factory(cfg, splits)
         if not cfg.target_checkpoint:
-            model, _ = self._classifier("target", target_spec(cfg, splits), make, splits.private_train,
+            spec = target_spec(cfg, splits)  # the defense's check_target first
+            make = target_factory(cfg, splits, init=self.pretrain() if cfg.target.pretrain else None)
+            model, _ = self._classifier("target", spec, make, splits.private_train,
                                         splits.private_val, cfg.target, seed=cfg.seed, defense=defense)
             return model
+        make = target_factory(cfg, splits)
         with self.timed("target"):
             state = load_checkpoint(cfg.target_checkpoint)
             model = defense.build_model(make()).to(self.device)

@@ -24,11 +24,22 @@ step on the CPU) and at the end of each epoch. ``accel`` (:class:`mi_bench.runti
 adds bf16 autocast (forward and loss; backward and optimiser outside) and ``torch.compile``
 of the network's forward (the defense's hooks and taps stay on the plain module; skipped, with
 a warning, when the defense wraps the model, e.g. DP-SGD's Opacus module).
+
+Pretraining on public data (``target.pretrain=public``, any defense; TL-DMI's first step): the
+network is first trained, without the defense, as a classifier of the public classes
+(:func:`pretrain_set`: the public images whose class is not private and has at least
+``pretrain_min_images`` images, labels renumbered 0..P-1 in increasing original label) with the
+section's own recipe (:func:`pretrain_config`: ``pretrain_epochs`` / ``pretrain_lr`` in place of
+``epochs`` / ``lr`` when set, the last epoch kept since the public set has no validation split);
+the target is then built, every tensor but its head's copied from that network
+(:func:`init_from_pretrained`), and trained on the private data under the defense. The stage and
+its cache key are ``mi_bench.stages``'.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -73,6 +84,18 @@ class TrainConfig:
     hflip: bool = param(False, help="flip a random half of each training batch horizontally")
     pretrained: str = param("", help="initialise from this weights file ('' = from scratch)")
     pretrained_sha256: str = param("", help="expected SHA-256 of the pretrained file (mismatch refused)")
+    # pretraining on the public data (the target only; mi_bench.stages, artifact kind "pretrain")
+    pretrain: str = param("", choices=("", "public"), neutral_default=True,
+                          help="'public': first train this network as a classifier of the public "
+                          "classes (those with >= pretrain_min_images images, private classes left "
+                          "out), then start the target from it (every layer but the head) and train "
+                          "it on the private data; '' = no pretraining. Target only")
+    pretrain_epochs: int = param(0, ge=0, neutral_default=True, only_with="pretrain",
+                                 help="epochs of the public pretraining (0 = this section's epochs)")
+    pretrain_lr: float = param(0.0, ge=0.0, neutral_default=True, only_with="pretrain",
+                               help="learning rate of the public pretraining (0 = this section's lr)")
+    pretrain_min_images: int = param(2, ge=1, neutral_default=True, only_with="pretrain",
+                                     help="public classes with fewer images are left out of the pretraining")
 
 
 @dataclass
@@ -100,6 +123,59 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
     if any(m < 1 for m in cfg.milestones):
         raise ValueError(f"milestones={list(cfg.milestones)}: epochs are counted from 1")
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, sorted(cfg.milestones), gamma=cfg.gamma)
+
+
+def pretrain_config(cfg: TrainConfig) -> TrainConfig:
+    """The recipe of the public pretraining of a section with ``pretrain='public'``: the section's
+    own, with ``pretrain_epochs`` / ``pretrain_lr`` in place of ``epochs`` / ``lr`` where they are
+    set, the last epoch kept (the public set has no validation split), the pretrain fields reset."""
+    return dataclasses.replace(
+        cfg, epochs=cfg.pretrain_epochs or cfg.epochs, lr=cfg.pretrain_lr or cfg.lr, selection="last",
+        pretrain="", pretrain_epochs=0, pretrain_lr=0.0, pretrain_min_images=2)
+
+
+def pretrain_set(public: tuple[torch.Tensor, torch.Tensor], private_classes: list[int],
+                 min_images: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """The public images a network is pretrained on and their labels: the images of every public
+    class that is not a private class (under ``disjoint_samples`` the public set also holds the
+    private classes' held-out images; they are left out, or pretraining would train on the
+    private classes) and has at least ``min_images`` images; unlabelled images (label -1, e.g.
+    FFHQ) are left out. Labels are renumbered ``0..P-1`` in increasing original label; returns
+    ``(images, labels, original labels of the P classes)``."""
+    x, y = public
+    private = {int(c) for c in private_classes}
+    labels, counts = torch.unique(y, return_counts=True)
+    classes = [int(c) for c, n in zip(labels.tolist(), counts.tolist())
+               if c >= 0 and c not in private and n >= min_images]
+    lut = torch.full((max(1, int(labels.max()) + 1) if len(labels) else 1,), -1, dtype=torch.long)
+    lut[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    if classes:
+        keep = (y >= 0) & (lut[y.clamp(min=0)] >= 0)
+    idx = torch.nonzero(keep).flatten()
+    return x[idx], lut[y[idx]], classes
+
+
+def init_from_pretrained(model: nn.Module, state: dict[str, torch.Tensor], source: dict[str, Any],
+                         head: str = "head") -> dict[str, Any]:
+    """Copy every tensor of ``state`` (a pretrained network of the same architecture and width,
+    with another head) into ``model`` except those of its ``head`` module, which keeps its random
+    initialisation. Every other tensor must be in ``state`` with the same shape (else
+    ``ValueError``). Returns (and sets ``model.init_report``) what was loaded, with ``source``."""
+    own = model.state_dict()
+    in_head = lambda k: k == head or k.startswith(head + ".")  # noqa: E731
+    body = {k: v for k, v in state.items() if not in_head(k)}
+    missing = [k for k in own if not in_head(k) and k not in body]
+    bad = [k for k, v in body.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+    if missing or bad:
+        raise ValueError(f"the pretrained network does not fit {type(model).__name__}: "
+                         f"{len(missing)} tensors missing ({', '.join(missing[:3])}), {len(bad)} "
+                         f"of another name or shape ({', '.join(bad[:3])})")
+    model.load_state_dict(body, strict=False)
+    report = {**source, "loaded_tensors": len(body),
+              "fresh_tensors": len([k for k in own if in_head(k)]), "fresh": head}
+    model.init_report = report  # type: ignore[assignment]
+    return report
 
 
 def epoch_batches(n: int, cfg: TrainConfig, labels: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:

@@ -62,6 +62,11 @@ def load_pretrained(model: nn.Module, path: str, expected_sha256: str, *, what: 
 
 def init_statement(section: Any) -> str:
     """One line for the record: how a classifier of this config section is initialised."""
+    if getattr(section, "pretrain", "") == "public":
+        start = (f"{section.pretrained} (sha256 {section.pretrained_sha256}), then " if section.pretrained
+                 else "")
+        return (f"pretrained: {start}trained on the public classes with >= {section.pretrain_min_images} "
+                "images (artifact 'pretrain'), every layer but the head copied, then trained")
     if getattr(section, "pretrained", ""):
         return f"pretrained: {section.pretrained} (sha256 {section.pretrained_sha256}), then trained"
     return "from scratch (random initialisation)"

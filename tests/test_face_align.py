@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mi_bench import face_align, faces
+from mi_bench import face_align, face_images
 from mi_bench.artifacts import ArtifactStore
 from mi_bench.config import compose, config_hash, stable_hash, to_dict
 from mi_bench.data import load_splits
@@ -90,10 +90,10 @@ def test_each_crop_contains_the_pasted_face(tmp_path, detector):
     # what the loader decodes and caches is that crop: it looks like the face patch at the
     # known paste position, and the centred crop of the same file does not
     files = list(corners)
-    pp = faces.Preprocess(64, align="detect", align_margin=margin)
-    tensors, _ = faces.load_decoded(tmp_path / "people", files, pp, None, what="test")
+    pp = face_images.Preprocess(64, align="detect", align_margin=margin)
+    tensors, _ = face_images.load_decoded(tmp_path / "people", files, pp, None, what="test")
     assert tensors["face_found"].tolist() == [1] * len(files)
-    centred = faces.load_images(tmp_path / "people", files, faces.Preprocess(64), None, what="test")
+    centred = face_images.load_images(tmp_path / "people", files, face_images.Preprocess(64), None, what="test")
     o, s = round((1 - FACE) / 2 * PHOTO), round(FACE * PHOTO)
     for i, rel in enumerate(files):
         x, y = corners[rel]
@@ -119,14 +119,14 @@ def test_folder_run_records_the_detector_the_no_face_images_and_a_grid(tmp_path,
     assert "Haar cascade" in s.info["preprocessing"]["private"]
     # the grid sits in the decoded-image cache entry; no-face images come first, framed red
     grid = Path(fc["private"]["grid"])
-    assert grid.parent.parent == cache / faces.CACHE_KIND
-    assert ArtifactStore(cache).exists(faces.CACHE_KIND, grid.parent.name)
+    assert grid.parent.parent == cache / face_images.CACHE_KIND
+    assert ArtifactStore(cache).exists(face_images.CACHE_KIND, grid.parent.name)
     with Image.open(grid) as im:
         assert im.format == "PNG" and im.width == 8 * 100
         assert im.convert("RGB").getpixel((0, 0)) == (210, 30, 30)
         assert im.convert("RGB").getpixel((100, 0)) == (40, 160, 40)
     # cached with the decoded images: a second load decodes nothing and reports the same
-    monkeypatch.setattr(faces, "decode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(face_images, "decode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
     again = load_splits(_cfg("dataset.face.align=detect"), tmp_path, cache_dir=cache)
     assert again.info["face_crops"]["private"] == fc["private"]
     assert torch.equal(again.private_train[0], s.private_train[0])
@@ -140,7 +140,7 @@ def test_no_face_center_keeps_the_centred_crop(tmp_path, detector):
     assert s.info["face_crops"]["private"]["no_face_action"] == "kept centred"
     x = torch.cat([s.private_train[0], s.private_val[0], s.private_test[0]])
     assert len(x) == 11
-    centred = torch.from_numpy(faces.decode_image(blank, faces.Preprocess(64))).float() / 255
+    centred = torch.from_numpy(face_images.decode_image(blank, face_images.Preprocess(64))).float() / 255
     assert sum(torch.equal(row, centred) for row in x) == 1
 
 
@@ -166,10 +166,10 @@ def test_align_center_keeps_cache_keys_and_config_hashes(tmp_path):
         Image.new("RGB", (40 + j, 30), (9 * j, 80, 200)).save(root / "a" / f"{j}.png")
     files = [f"a/{j}.png" for j in range(3)]
     entries = [(f, (root / f).stat().st_size) for f in files]
-    before = stable_hash({"version": faces.CACHE_VERSION, "files": entries,
+    before = stable_hash({"version": face_images.CACHE_VERSION, "files": entries,
                           "pre": {"size": 32, "channels": 3, "crop": 0, "pre_resize": 0}}, n=24)
-    assert faces.images_key(files, root, faces.Preprocess(32)) == before
-    assert faces.images_key(files, root, faces.Preprocess(32, align="center", align_margin=0.4)) == before
+    assert face_images.images_key(files, root, face_images.Preprocess(32)) == before
+    assert face_images.images_key(files, root, face_images.Preprocess(32, align="center", align_margin=0.4)) == before
     base = to_dict(compose(["dataset=folder"]))
     same = to_dict(compose(["dataset=folder", "dataset.face.align=center", "dataset.face.no_face=drop",
                             "dataset.face.align_margin=0.05"]))
@@ -180,7 +180,7 @@ def test_align_center_keeps_cache_keys_and_config_hashes(tmp_path):
 def test_align_detect_has_its_own_cache_key(detector, tmp_path):
     (tmp_path / "a").mkdir()
     Image.new("RGB", (40, 30)).save(tmp_path / "a" / "0.png")
-    keys = {faces.images_key(["a/0.png"], tmp_path, faces.Preprocess(32, align=a, align_margin=m))
+    keys = {face_images.images_key(["a/0.png"], tmp_path, face_images.Preprocess(32, align=a, align_margin=m))
             for a, m in (("center", 0.05), ("detect", 0.05), ("detect", 0.2))}
     assert len(keys) == 3
 
@@ -191,7 +191,7 @@ def test_without_opencv_align_detect_is_one_line_naming_the_install(tmp_path, mo
     try:
         (tmp_path / "people" / "a").mkdir(parents=True)
         with pytest.raises(ConfigError, match=r"pip install 'mi-bench\[faces\]'") as err:
-            faces.images_key([], tmp_path / "people", faces.Preprocess(32, align="detect"))
+            face_images.images_key([], tmp_path / "people", face_images.Preprocess(32, align="detect"))
         assert "\n" not in str(err.value)
     finally:
         face_align._cascade.cache_clear()

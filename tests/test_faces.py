@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mi_bench import faces
+from mi_bench import face_images, faces
 from mi_bench.config import compose
 from mi_bench.data import DatasetConfig, load_splits
 from mi_bench.errors import DataUnavailable
@@ -201,9 +201,9 @@ def test_celeba_loads_crops_108_and_caches_the_decoded_images(tmp_path, monkeypa
     assert s.counts()["public"] == 3 + 2 and s.info["identity_overlap"] == 0
     assert s.image_shape == (3, 16, 16)
     assert "centre crop 108" in s.info["preprocessing"]["private"]
-    assert any((cache / faces.CACHE_KIND).iterdir())
+    assert any((cache / face_images.CACHE_KIND).iterdir())
     # the second load reads the cache: decoding would fail now
-    monkeypatch.setattr(faces, "decode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
+    monkeypatch.setattr(face_images, "decode_image", lambda *a, **k: (_ for _ in ()).throw(AssertionError("decoded")))
     s2 = load_splits(cfg, tmp_path, cache_dir=cache)
     assert torch.equal(s2.private_train[0], s.private_train[0]) and torch.equal(s2.public[0], s.public[0])
     # a changed file (size) is a new cache key -> decoded again

@@ -1,5 +1,6 @@
 """GMI works on an undefended target, and the evaluator can say no."""
 
+import pytest
 import torch
 
 from mi_bench.attacks.gmi import GMI, GMIConfig
@@ -45,8 +46,14 @@ def test_evaluator_says_no_to_images_of_public_classes(digits_world):
     assert abs(right["kid_eval"]) < 3 * right["kid_eval_se"] < wrong["kid_eval"]
 
 
-def test_failed_metric_is_none_with_reason_never_zero(digits_world):
+def test_failed_metric_is_none_with_reason_never_zero(digits_world, monkeypatch):
+    """A metric that cannot be computed is None with its reason (logged with its traceback);
+    under MI_BENCH_STRICT_METRICS (the suite's default) it raises instead."""
     w = digits_world
+    one = Inversion(images=w.splits.eval_test[0][:1].view(1, 1, 1, 32, 32), classes=[0], protocol={})
+    with pytest.raises(ValueError, match="at least 2"):
+        score_inversion(one, w.evaluator, w.splits, inception=False)
+    monkeypatch.delenv("MI_BENCH_STRICT_METRICS", raising=False)
     one = Inversion(images=w.splits.eval_test[0][:1].view(1, 1, 1, 32, 32), classes=[0], protocol={})
     m = score_inversion(one, w.evaluator, w.splits, inception=True)
     assert m["fid_eval"] is None and "at least 2" in m["metric_errors"]["fid_eval"]

@@ -197,7 +197,7 @@ def test_status_tells_running_from_interrupted_by_the_cell_lock(env):
     import time
 
     from mi_bench.fsutil import HOST
-    from mi_bench.sweep import _finished
+    from mi_bench.sweep import finished
 
     cells = make_cells(("preset=smoke", "defense=none,bido", "seed=0"))
     state = SweepState.for_cells(cells)
@@ -219,7 +219,7 @@ def test_status_tells_running_from_interrupted_by_the_cell_lock(env):
     assert state.status(h, set())[0] == "interrupted"  # its process died: the OS freed the lock
     assert state.status(h, {h})[0] == "done"  # a record in the database wins
     # a worker killed before recording anything: the cell is failed with the reason
-    assert _finished(state, cells[1], -9, 1.0, 1, 2) == "failed"
+    assert finished(state, cells[1], -9, 1.0, 1, 2) == "failed"
     assert "signal 9" in state.read(cells[1].hash)["error"]
 
 

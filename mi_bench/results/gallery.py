@@ -13,7 +13,6 @@ Images are embedded as PNG data URIs (:func:`png_uri`, :func:`grid_uri`).
 from __future__ import annotations
 
 import base64
-import dataclasses
 import html
 import io
 import json
@@ -119,21 +118,17 @@ class RealImages:
 
     def splits(self, rec: dict[str, Any]) -> Any:
         """The run's data splits, or the reason they cannot be loaded (a string)."""
-        from mi_bench.data import DatasetConfig, load_splits, resolve_data_root
-        from mi_bench.face_config import FaceConfig
+        from mi_bench.artifacts import resolve_cache_dir
+        from mi_bench.data import load_splits, resolve_data_root
+        from mi_bench.record import dataset_config
 
         cfg = rec["config"]
         root = self.data_root if self.data_root is not None else cfg.get("data_root", "")
         key = self.key(rec)
         if key not in self.cache:
             try:
-                names = {f.name for f in dataclasses.fields(DatasetConfig)}
-                kw = {k: v for k, v in cfg["dataset"].items() if k in names}
-                if isinstance(kw.get("face"), dict):
-                    face = {f.name for f in dataclasses.fields(FaceConfig)}
-                    kw["face"] = FaceConfig(**{k: v for k, v in kw["face"].items() if k in face})
-                kw["download"] = False
-                self.cache[key] = load_splits(DatasetConfig(**kw), resolve_data_root(root))
+                self.cache[key] = load_splits(dataset_config(rec, download=False), resolve_data_root(root),
+                                              cache_dir=resolve_cache_dir(cfg.get("cache_dir", "")))
             except Exception as exc:  # noqa: BLE001 - any reason: the report falls back to the grid
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 self.cache[key] = f"{type(exc).__name__}: {msg}"
