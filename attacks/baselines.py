@@ -33,7 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from mi_bench.api import (
-    Attack, AttackRequirements, DCGANGenerator, Inversion, PluginConfig, load_prefixed, param,
+    Attack, AttackRequirements, DCGANGenerator, Inversion, AttackConfig, load_prefixed, param,
     register_attack,
 )
 from mi_bench.attacks.gmi import GMI, GMIConfig
@@ -50,7 +50,7 @@ RandomConfig = dataclasses.make_dataclass(
                                                       "highest target logit for the class is kept")),
         ("samples_per_class", "int", param(20, ge=1, help="independent samples kept per class")),
     ],
-    bases=(PluginConfig,),
+    bases=(AttackConfig,),
 )
 RandomConfig.__module__ = __name__
 RandomConfig.__doc__ = "GMI's prior fields (same names and meaning) plus the selection budget."
@@ -73,6 +73,10 @@ class RandomPrior(Attack):
 
     def train_prior(self, public, target, *, seed, progress):
         return self._gmi().train_prior(public, target, seed=seed, progress=progress)
+
+    def prior_samples(self, prior, n, *, generator):
+        """GMI's prior, sampled as GMI samples it (the same generator, the same draws)."""
+        return self._gmi().prior_samples(prior, n, generator=generator)
 
     @torch.no_grad()
     def invert(self, target, prior, classes, *, seed, progress):
@@ -106,7 +110,7 @@ class RandomPrior(Attack):
 
 
 @dataclasses.dataclass
-class PixelConfig(PluginConfig):
+class PixelConfig(AttackConfig):
     pool_size: int = param(2000, ge=1, prior=True, help="public images kept as starting points")
     iterations: int = param(1500, ge=1, help="Adam steps on the pixels (per preset: GMI's iterations)")
     lr: float = param(0.01, gt=0.0, help="Adam learning rate on pixel values in [0, 1]")

@@ -40,7 +40,7 @@ import torch
 from torch.nn import functional as F
 
 from mi_bench.api import (
-    Attack, AttackRequirements, DCGANGenerator, GraphedStep, Inversion, PluginConfig, WGANCritic,
+    Attack, AttackRequirements, DCGANGenerator, GraphedStep, Inversion, AttackConfig, WGANCritic,
     gather, gradient_penalty, load_prefixed, param, prefixed, register_attack, sample_batches,
     to_device,
 )
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class GMIConfig(PluginConfig):
+class GMIConfig(AttackConfig):
     # prior (WGAN-GP); these fields form the prior's cache key
     latent_dim: int = param(100, ge=1, prior=True, help="latent size")
     gan_width: int = param(64, ge=4, prior=True, help="GAN base channels (64 = published)")
@@ -170,6 +170,14 @@ class GMI(Attack):
                     d_loss, g_loss = step(lambda i: gather(pub, next(batches), self.device))
                 bar.advance(1, d=d_loss, g=g_loss)  # read by the bar at most 4x a second
         return {**prefixed("G", gen), **prefixed("D", critic)}
+
+    def prior_samples(self, prior, n, *, generator):
+        """G(z), z ~ N(0, I) from ``generator``; G in eval mode (as the inversion uses it)."""
+        self.check_prior(prior, ("G",))
+        gen = DCGANGenerator(self.image_shape, self.cfg.latent_dim, self.cfg.gan_width)
+        gen = load_prefixed("G", gen, prior).to(self.device).eval()
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator)
+        return torch.cat([gen(zb.to(self.device)).float().cpu() for zb in z.split(256)])
 
     def invert(self, target, prior, classes, *, seed, progress):
         c = self.cfg

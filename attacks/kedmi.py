@@ -62,7 +62,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mi_bench.api import (
-    Attack, AttackRequirements, DCGANGenerator, FiniteCheck, Inversion, PluginConfig, frozen,
+    Attack, AttackRequirements, DCGANGenerator, FiniteCheck, Inversion, AttackConfig, frozen,
     gather, host_floats, load_prefixed, n_stages, param, prefixed, register_attack, sample_batches,
     target_probs, to_device,
 )
@@ -153,7 +153,7 @@ class KEDDiscriminator(nn.Module):
 # -- plugin ------------------------------------------------------------------------------------
 
 @dataclass
-class KEDMIConfig(PluginConfig):
+class KEDMIConfig(AttackConfig):
     # prior (GAN) -------------------------------------------------------------------------------
     latent_dim: int = param(100, ge=1, prior=True, help="latent size of G (published: 100)")
     gen_width: int = param(64, ge=1, prior=True, help="G base width (64 = published)")
@@ -304,6 +304,17 @@ class KEDMI(Attack):
         if self.cfg.latent_clamp == "z":
             z = torch.clamp(z, -self.cfg.clip, self.cfg.clip)
         return z
+
+    def prior_samples(self, prior: dict[str, torch.Tensor], n: int, *,
+                      generator: torch.Generator) -> torch.Tensor:
+        """G(z), z ~ N(0, I) from ``generator`` (the GAN's own latent law, before any per-class
+        distribution is learned); G in eval mode."""
+        c = self.cfg
+        self.check_prior(prior, ("G",))
+        g = load_prefixed("G", DCGANGenerator(self.image_shape, c.latent_dim, c.gen_width), prior)
+        g = g.to(self.device).eval()
+        z = torch.randn(n, c.latent_dim, generator=generator)
+        return torch.cat([g(zb.to(self.device)).float().cpu() for zb in z.split(256)])
 
     def invert(self, target: nn.Module, prior: dict[str, torch.Tensor], classes: list[int], *,
                seed: int, progress: Any) -> Inversion:

@@ -54,7 +54,7 @@ from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
 from mi_bench.api import (
-    Attack, AttackRequirements, FiniteCheck, Inversion, PluginConfig, frozen, gather, host_floats,
+    Attack, AttackRequirements, FiniteCheck, Inversion, AttackConfig, frozen, gather, host_floats,
     load_prefixed, n_stages, param, prefixed, register_attack, sample_batches, target_probs,
     to_device,
 )
@@ -224,7 +224,7 @@ class SNProjectionDiscriminator(nn.Module):
 # -- plugin ------------------------------------------------------------------------------------
 
 @dataclass
-class PLGMIConfig(PluginConfig):
+class PLGMIConfig(AttackConfig):
     # prior (pseudo labels + conditional GAN) ---------------------------------------------------
     top_n: int = param(0, ge=0, prior=True,
                        help="public images kept per class (0 = mi-bench's auto rule "
@@ -349,6 +349,21 @@ class PLGMI(Attack):
         return {**prefixed("G", g), **prefixed("D", d),
                 "selection.index": sel_idx.clone(), "selection.label": sel_lab.clone(),
                 "selection.top_n": torch.tensor(n_top)}
+
+    def prior_samples(self, prior: dict[str, torch.Tensor], n: int, *,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """G(z, y), z ~ N(0, I) from ``generator``, the classes in turn (y = i mod K: every class
+        in equal share), and y (a conditional prior: the pipeline adds its per-class diversity);
+        images as T and the scores get them (``image_range``), clamped to [0, 1]; G in eval mode."""
+        c = self.cfg
+        self.check_prior(prior, ("G",))
+        g = ResNetGenerator(self.image_shape, self.num_classes, c.latent_dim, c.gen_width)
+        g = load_prefixed("G", g, prior).to(self.device).eval()
+        z = torch.randn(n, c.latent_dim, generator=generator)
+        y = torch.arange(n) % self.num_classes
+        x = torch.cat([self._for_target(g(zb.to(self.device), yb.to(self.device))).float().cpu()
+                       for zb, yb in zip(z.split(256), y.split(256))]).clamp(0, 1)
+        return x, y
 
     def invert(self, target: nn.Module, prior: dict[str, torch.Tensor], classes: list[int], *,
                seed: int, progress: Any) -> Inversion:

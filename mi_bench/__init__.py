@@ -1,3 +1,3 @@
 """mi-bench: a benchmarking suite for model-inversion defenses."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

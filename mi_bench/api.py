@@ -46,7 +46,7 @@ from mi_bench.hsic import (
     dependence, dependence_of, gaussian_kernel, kernel_from_sq, label_kernel, prepare, sq_distances,
 )
 from mi_bench.interfaces import (
-    Attack, AttackRequirements, Classifier, Defense, Inversion, LossOutput, TrainBatch,
+    Attack, AttackConfig, AttackRequirements, Classifier, Defense, Inversion, LossOutput, TrainBatch,
 )
 from mi_bench.models import build_model
 from mi_bench.params import PluginConfig, param
@@ -60,7 +60,7 @@ __all__ = [
     # base classes and what they exchange
     "Attack", "AttackRequirements", "Classifier", "Defense", "Inversion", "LossOutput", "TrainBatch",
     # configs
-    "PluginConfig", "param",
+    "AttackConfig", "PluginConfig", "param",
     # registration; the classifier families (build_model(name, ...), MODELS.names())
     "register_attack", "register_defense", "build_model", "MODELS",
     # attack helpers (mi_bench.attacks.common)

@@ -99,9 +99,11 @@ def run(overrides: tuple[str, ...], as_json: bool, quiet: bool) -> None:
     if as_json:
         click.echo(json.dumps(rec, indent=2, default=str))
     else:
-        from mi_bench.tables import run_table
+        from mi_bench.tables import health_lines, run_table
 
         stdout_console().print(run_table(rec))
+        for line in health_lines(rec):  # one plain line per problem, never wrapped
+            click.echo(line)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -116,7 +118,7 @@ def rescore(items: tuple[str, ...], db: str, all_runs: bool, as_json: bool, quie
 
     \b
     ITEMS are run ids (of --db), run folders (holding record.json), and key=value overrides of
-    the scoring only: judges=, judge.*, eval.*, evaluator.*, eval_seed (plus threads, device,
+    the scoring only: judges=, judge.*, eval.*, evaluator.*, eval_seed, health.* (plus threads, device,
     cache_dir, data_root, results_db, results_dir). The target, prior and inversion are not
     re-run. Each run gets a new record (new run id and folder beside the old one unless
     results_dir= says otherwise, rescored_from: the old id), indexed in --db; the leaderboard
@@ -148,11 +150,13 @@ def rescore(items: tuple[str, ...], db: str, all_runs: bool, as_json: bool, quie
     if as_json:
         click.echo(json.dumps(recs, indent=2, default=str))
         return
-    from mi_bench.tables import rescore_table
+    from mi_bench.tables import health_lines, rescore_table
 
     out = stdout_console()
     for rec in recs:
         out.print(rescore_table(rec))
+        for line in health_lines(rec):
+            click.echo(line)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -175,7 +179,8 @@ def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool
 
     \b
     Without seed=..., every cell runs with seeds 0, 1 and 2: a comparison against a matched
-    baseline needs at least three seeds.
+    baseline needs at least three seeds. seeds=N runs seeds 0..N-1 (not with seed=);
+    results/bench/power.md says how many a 10- or 20-point change needs.
     A cell whose record exists (same config hash) is skipped, so an interrupted sweep resumes
     where it stopped; a failed cell is recorded (config and error), the others go on, and
     --retry-failed runs it again. Artifacts shared by cells (evaluator, GMI prior) are trained
@@ -214,6 +219,36 @@ def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool
               f"{' '.join(overrides)} --status' lists them and --retry-failed runs them again", status=1)
 
 
+@cli.command("data", context_settings={"ignore_unknown_options": True})
+@click.argument("overrides", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="print the plan as JSON on stdout")
+@click.option("--no-timing", is_flag=True, help="counts only: do not time the networks' steps")
+def data(overrides: tuple[str, ...], as_json: bool, no_timing: bool) -> None:
+    """Show the protocol a config would produce, before any training (mi_bench/dataplan.py).
+
+    \b
+    OVERRIDES as for 'mi-bench run'. Prints the private and public identities, the images per
+    identity per split (min / median / max), the image size, the reconstructions the attack will
+    make and an estimate of each stage's time from a few timed steps on this machine, and the
+    warnings the data alone can give. Bad input: one error line, exit status 2, as 'run'.
+    \b
+    Examples:
+      mi-bench data preset=quick dataset=digits attack=gmi
+      mi-bench data dataset=folder dataset.face.path=~/faces preset=cpu attack.max_latents=200
+    """
+    from mi_bench.dataplan import plan, render
+
+    cfg = _compose(overrides)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            p = plan(cfg, measure=not no_timing)
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+    except ValueError as exc:  # bad values found while loading (too few images per identity, ...)
+        _fail(str(exc))
+    click.echo(json.dumps(p, indent=2, default=str) if as_json else render(p))
+
+
 @cli.command("show-config", context_settings={"ignore_unknown_options": True})
 @click.argument("overrides", nargs=-1)
 def show_config(overrides: tuple[str, ...]) -> None:
@@ -233,6 +268,10 @@ def list_cmd() -> None:
         out.print(registry_table(kind, reg))
         for n, why in reg.broken.items():
             out.print(f"[yellow]broken {kind} plugin '{n}' (skipped): {why}[/]")
+    from mi_bench.registry import load_plugin_files
+
+    for path, why in load_plugin_files().items():
+        out.print(f"[yellow]broken plugin file {path} (MI_BENCH_PLUGINS, skipped): {why}[/]")
     out.print(f"presets: {', '.join(group_options('preset'))}")
     out.print(f"defense options (with aliases): {', '.join(group_options('defense'))}")
 

@@ -74,6 +74,7 @@ from mi_bench.data import DatasetConfig
 from mi_bench.errors import (
     ConfigError, RegistryError,
 )
+from mi_bench.health import HealthConfig
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
 from mi_bench.params import param, strip_neutral, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, unknown_choice_message
@@ -108,6 +109,8 @@ class EvalConfig:
     grid_real: int = param(4, ge=0, le=16, help="real private images per class in the image grid")
     grid_samples: int = param(10, ge=1, le=100, help="reconstructions per class shown in the image grid "
                               "(all are saved in the run folder)")
+    prior_kid_samples: int = param(1000, ge=0, neutral_default=True, help="prior samples for the prior's KID "
+                                   "vs held-out public images (mi_bench.prior_quality); 0 = not measured")
 
 
 @dataclass
@@ -176,6 +179,9 @@ class RunConfig:
     judges: list[str] = param(default_factory=lambda: list(JUDGE_NAMES),
                               help="judges scoring every run (mi_bench.judges): eval, resnet, robust")
     judge: JudgingConfig = param(default_factory=JudgingConfig)
+    health: HealthConfig = param(default_factory=HealthConfig,
+                                 help="thresholds of the health verdicts of target, evaluator and judges "
+                                      "(mi_bench.health); how a run is read, not what it computes")
 
 
 # -- YAML groups -----------------------------------------------------------------------------
@@ -394,6 +400,12 @@ def _option(group: str, option: str) -> _Option:
     return _Option(group, option, cls)
 
 
+def option_presets(group: str, option: str) -> dict[str, dict[str, Any]]:
+    """``{preset: patch}`` an option declares (its YAML, its class's ``presets``, the fields
+    taken from ``preset_fields_from``): the plugin contract asks for a ``smoke`` entry."""
+    return {k: dict(v or {}) for k, v in _option(group, option).presets.items()}
+
+
 def _target_recipe(option: _Option, dataset_keys: tuple[str, ...], preset: str) -> list[tuple[dict, str]]:
     """The target patches of ``option``'s recipe for the dataset; ``none``'s when it has none."""
     recipe = option.entry_patches(dataset_keys, preset).get("target", [])
@@ -536,10 +548,11 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
-# Fields that do not change what a run computes (where or how fast it runs, where it writes).
+# Fields that do not change what a run computes (where or how fast it runs, where it writes, how its
+# numbers are read: the ``health`` thresholds).
 # Like ``device``, ``compile`` and ``tf32`` change float rounding only.
 NON_SEMANTIC = ("threads", "device", "compile", "tf32", "data_root", "cache_dir", "results_db",
-                "results_dir", "slurm", "progress_interval_s")
+                "results_dir", "slurm", "progress_interval_s", "health")
 # Semantic fields left out of the hash at their default, so adding them kept every earlier hash.
 HASH_NEUTRAL_DEFAULTS = {"amp": "off", "cuda_graph": False}
 

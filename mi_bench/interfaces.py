@@ -38,7 +38,7 @@ from typing import Any, Callable, ClassVar, Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from mi_bench.params import PluginConfig
+from mi_bench.params import PluginConfig, param
 from mi_bench.runtime import NO_ACCEL, Accel
 
 
@@ -168,6 +168,18 @@ class AttackRequirements:
 
 
 @dataclass
+class AttackConfig(PluginConfig):
+    """Base of the built-in attacks' configs: the fields every attack shares (an attack plugin's
+    config may derive from it, or from :class:`PluginConfig`, in which case it has no cap)."""
+
+    max_latents: int = param(
+        0, ge=0, neutral_default=True,
+        help="cap on the latents the inversion makes (0 = none): only max_latents // (latents per "
+        "class: samples_per_class x restarts) of the attacked classes are inverted, chosen by the "
+        "run seed (mi_bench.inversion_cap); the record and the run table say which were left out")
+
+
+@dataclass
 class Inversion:
     """Reconstructions: ``images[c, s]`` is sample ``s`` for the c-th attacked class.
 
@@ -220,6 +232,13 @@ class Attack:
         self.num_classes = num_classes
         self.device = device
 
+    @classmethod
+    def latents_per_class(cls, cfg: PluginConfig) -> int:
+        """The latents (reconstruction candidates) the inversion of ``cfg`` makes per attacked
+        class: ``samples_per_class`` x ``restarts`` (1 for a field the config lacks). What
+        ``attack.max_latents`` counts; an attack that makes a different number overrides it."""
+        return int(getattr(cfg, "samples_per_class", 1)) * int(getattr(cfg, "restarts", 1))
+
     def train_prior(
         self, public: torch.Tensor, target: nn.Module | None, *, seed: int, progress: Any
     ) -> dict[str, torch.Tensor]:
@@ -247,6 +266,17 @@ class Attack:
         seed: int, progress: Any,
     ) -> Inversion:
         raise NotImplementedError
+
+    def prior_samples(self, prior: dict[str, torch.Tensor], n: int, *, generator: torch.Generator
+                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+        """``n`` samples of the prior, (n, C, H, W) in [0, 1], as the attack's generator draws
+        them (latents from ``generator``, a CPU generator: use no global random state); a
+        conditional prior returns ``(images, classes)``, the private class of each (PLG-MI: every
+        class in equal share), and gets a per-class diversity too; ``None`` for an attack
+        without a generative prior (the default; the ``pixel`` baseline). The pipeline measures
+        the prior's KID from them and writes a grid of them (``mi_bench.prior_quality``); called
+        after the prior is built, under ``no_grad``."""
+        return None
 
     # -- input checks shared by every attack -----------------------------------------------------
     def check_classes(self, classes: list[int]) -> None:

@@ -72,9 +72,10 @@ def labels_path(run_folder: str | Path) -> Path:
     return Path(run_folder) / LABELS
 
 
-def load_labels(run_folder: str | Path) -> dict[int, dict[str, Any]]:
-    """``{index: {"label", "labeller", "at"}}`` of a run folder; empty when nobody labelled."""
-    path = labels_path(run_folder)
+def load_labels(run_folder: str | Path, *, file: str | Path | None = None) -> dict[int, dict[str, Any]]:
+    """``{index: {"label", "labeller", "at"}}`` of a run folder (or of a copied labels ``file``);
+    empty when nobody labelled."""
+    path = Path(file) if file is not None else labels_path(run_folder)
     if not path.is_file():
         return {}
     try:

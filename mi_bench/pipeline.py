@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,10 @@ from mi_bench.config import RunConfig
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
 from mi_bench.errors import ArtifactError, ResultsError
 from mi_bench.interfaces import Inversion
+from mi_bench.inversion_cap import cap_classes
 from mi_bench.judges import Judge
 from mi_bench.labelling import copy_labels
+from mi_bench.prior_quality import PRIOR_GRID, prior_quality, write_prior_grid
 from mi_bench.record import RESCORE_COMPARED, build_record, new_run_id
 from mi_bench.results.store import ResultStore, preflight
 from mi_bench.runs import (
@@ -76,6 +79,7 @@ class Runner:
         splits, data_s = self.load_splits()
         classes = list(cfg.classes) or list(range(splits.num_private_classes))
         splits.check_classes(classes, "classes=")
+        classes, cap = cap_classes(classes, cfg.attack, cfg.seed)  # attack.max_latents (None: no cap)
         preflight(cfg, index=self.index)  # before any training: where the results go is usable
         stages = self.stages(splits)
         stages.times["data"] = data_s
@@ -88,10 +92,16 @@ class Runner:
         for p in target.parameters():
             p.requires_grad_(False)
         prior = {**stages.prior(attack, target), **stages.aux(attack, target)}
+        with stages.timed("prior_quality"):  # a measurement: no key, hash or inversion draw changes
+            stages.prior_quality, self._prior_samples = prior_quality(
+                attack, prior, judges["eval"].model, splits, n=cfg.eval.prior_kid_samples, seed=cfg.seed,
+                collapse_ratio=cfg.judge.collapse_ratio)
         with stages.timed("inversion"):
             inversion = attack.invert(target, prior, classes, seed=cfg.seed, progress=self.bars)
         # scored as saved (8-bit), so `mi-bench rescore` of this run reproduces its numbers exactly
         inversion = dataclasses.replace(inversion, images=quantize(inversion.images))
+        if cap is not None:  # stated in the record (protocol.inversion.cap) and the run table
+            inversion = dataclasses.replace(inversion, protocol={**inversion.protocol, "cap": cap})
         with stages.timed("scoring"):
             metrics = Scorer(cfg, splits, device=self.device, store=self.store).score(inversion, judges, target_acc)
         return self._store(run_id, t_start, splits, stages, classes, inversion, judges, metrics,
@@ -127,12 +137,15 @@ class Runner:
             target_acc, target_note = stages.cached_target_accuracy(source)
         protocol = source.get("protocol") or {}
         inversion = Inversion(images, classes, protocol=protocol.get("inversion") or {})
+        if protocol.get("prior_quality") is not None:  # the prior is the old run's: so is its KID
+            stages.prior_quality = dict(protocol["prior_quality"])
         with stages.timed("scoring"):
             metrics = Scorer(cfg, splits, device=self.device, store=self.store).score(inversion, judges, target_acc)
         kept = ("target", "prior")
         artifacts = {**{k: v for k, v in (source.get("artifacts") or {}).items() if k in kept},
                      **stages.artifacts}
-        times = {k: v for k, v in (source.get("stage_seconds") or {}).items() if k in (*kept, "inversion")}
+        times = {k: v for k, v in (source.get("stage_seconds") or {}).items()
+                 if k in (*kept, "prior_quality", "inversion")}
         extra = {
             "artifacts": artifacts,
             "stage_seconds": {**times, **stages.times},
@@ -171,6 +184,7 @@ class Runner:
             save_reconstructions(out_dir, inversion.images, inversion.classes)
         else:
             copy_reconstructions(source_folder, out_dir)
+        self._prior_grid(out_dir, stages, source_folder)
         grid = write_grid(out_dir / GRID, cfg, splits, inversion, metrics)
         record = build_record(cfg, run_id=run_id, splits=splits, classes=classes, inversion=inversion,
                               judges=judges, metrics=metrics, requirements=requirements, stages=stages,
@@ -185,6 +199,26 @@ class Runner:
                 raise ResultsError(f"{exc} - the run's record is safe in {path}; index it later with "
                                    f"'mi-bench db sync --db {cfg.results_db} --runs {cfg.results_dir}'") from None
         return record
+
+    def _prior_grid(self, out_dir: Path, stages: Stages, source_folder: Path | None) -> None:
+        """The prior's sample grid (``prior_grid.png``) in the run folder, its path in
+        ``prior_quality["grid"]``: written from this run's samples, or copied from the re-scored
+        run's folder."""
+        pq = getattr(stages, "prior_quality", None)
+        if pq is None:
+            return
+        samples = getattr(self, "_prior_samples", None) if source_folder is None else None
+        try:
+            if samples is not None:
+                pq["grid"] = str(write_prior_grid(out_dir / PRIOR_GRID, samples))
+            elif source_folder is not None and (Path(source_folder) / PRIOR_GRID).is_file():
+                shutil.copyfile(Path(source_folder) / PRIOR_GRID, out_dir / PRIOR_GRID)
+                pq["grid"] = str(out_dir / PRIOR_GRID)
+            elif source_folder is not None:
+                pq.pop("grid", None)
+        except OSError as exc:  # the record matters more than the picture
+            log.warning("prior grid not written: %s", exc)
+            pq["grid"] = None
 
 
 def run(cfg: RunConfig, bars: Bars = NULL_BARS, *, index: bool = True) -> dict[str, Any]:

@@ -9,12 +9,16 @@ indexed in the results database (``mi_bench.results.store``). Its schema, versio
   ``seed``;
 * ``protocol``: the data (``data``: splits, counts, classes), the attacked classes, how the
   reconstructions were made (``inversion``) and scored (``metrics``, ``judges``, model selection,
-  initialisation, the attack's requirements, the 8-bit note);
+  initialisation, the attack's requirements, the 8-bit note) and the prior's quality
+  (``prior_quality``: KID of its samples, ``mi_bench.prior_quality``);
 * ``artifacts`` (key, SHA-256 and cache state of every trained stage), ``trained``;
   ``metrics`` (``mi_bench.scoring``), ``defense_report``;
 * ``stage_seconds``, ``wall_seconds``, ``run_dir``, ``grid``, ``versions`` (mi-bench and its
   libraries), ``machine`` (platform, threads, device, performance options);
 * a re-scored run adds ``rescored_from`` and ``rescore`` (``mi_bench.rescore``).
+* ``health``: the verdict on target, evaluator and each judge (``mi_bench.health``: accuracy
+  against chance, rejections, the problems and their fixes). Records written before it existed
+  get it computed when read (``mi_bench.health.of``), with the default thresholds.
 
 Older records: every reader of records (the results store, records files, run folders) passes
 them through :func:`upgrade_record`, the one place where earlier schemas are brought to today's:
@@ -150,6 +154,10 @@ def build_record(cfg: RunConfig, *, run_id: str, splits: Any, classes: list[int]
                                "evaluator": init_statement(cfg.evaluator)},
             "attack_requirements": requirements,
             "reconstructions": RECONSTRUCTIONS_NOTE,
+            # the prior's KID against held-out public images (mi_bench.prior_quality); absent
+            # from records of mi-bench versions before it
+            **({"prior_quality": stages.prior_quality}
+               if getattr(stages, "prior_quality", None) is not None else {}),
         },
         "artifacts": stages.artifacts,
         "trained": stages.trained,
@@ -163,7 +171,11 @@ def build_record(cfg: RunConfig, *, run_id: str, splits: Any, classes: list[int]
         "machine": machine(cfg, device, device_settings),
         **(extra or {}),
     }
-    return json_safe(record)
+    record = json_safe(record)
+    from mi_bench.health import verdict
+
+    record["health"] = verdict(record)  # thresholds: the config's health section
+    return record
 
 
 # -- older records ------------------------------------------------------------------------------

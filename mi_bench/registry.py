@@ -4,6 +4,8 @@ Built-in plugins register themselves with a decorator when their module is impor
 built-in attack and defense packages are *discovered*: every module of ``mi_bench.attacks`` /
 ``mi_bench.defenses`` (``attacks/``, ``defenses/`` in the repository) whose name does not start
 with ``_`` is imported, so a new built-in plugin is one new file and nothing else. Third-party
+plugins can also be single files named in ``MI_BENCH_PLUGINS`` (``.py`` files or folders of them,
+separated by ``os.pathsep``): a new defense is then one file and nothing else. Third-party
 packages add plugins through entry-point groups (``mi_bench.attacks``,
 ``mi_bench.defenses``, ``mi_bench.datasets``, ``mi_bench.models``; sweep launchers:
 ``mi_bench.launchers``). An entry point names a
@@ -64,6 +66,7 @@ class Registry(Generic[T]):
         for mod in self._builtin_modules:
             for name in discover(mod):
                 importlib.import_module(name)
+        load_plugin_files()
         for ep in entry_points(group=self.group):
             if ep.name in self._items:
                 continue
@@ -98,6 +101,43 @@ class Registry(Generic[T]):
     def __contains__(self, name: str) -> bool:
         self._load()
         return name in self._items
+
+
+PLUGINS_ENV = "MI_BENCH_PLUGINS"
+_plugin_files: dict[str, str | None] = {}  # resolved path -> None (loaded) or why it failed
+
+
+def load_plugin_files() -> dict[str, str]:
+    """Import each plugin file named in ``MI_BENCH_PLUGINS`` once per process (a file may
+    register attacks and defenses alike); returns ``{path: reason}`` of those that failed, each
+    also logged as a warning naming the file. Sweep workers inherit the variable."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    for entry in filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)):
+        root = Path(entry).expanduser()
+        files = sorted(root.glob("*.py")) if root.is_dir() else [root]
+        for path in files:
+            key = str(path.resolve())
+            if key in _plugin_files:
+                continue
+            _plugin_files[key] = None
+            try:
+                if not path.is_file() or path.suffix != ".py":
+                    raise FileNotFoundError(f"no Python file at {path} (check {PLUGINS_ENV})")
+                name = "mi_bench_plugin_" + "".join(c if c.isalnum() else "_" for c in path.stem)
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                import sys
+
+                sys.modules[name] = module
+                spec.loader.exec_module(module)
+            except Exception as exc:  # noqa: BLE001 - a user's plugin file may fail any way
+                _plugin_files[key] = f"{type(exc).__name__}: {exc}"
+                log.warning("plugin file %s (%s) failed to load and is skipped: %s", path, PLUGINS_ENV,
+                            _plugin_files[key])
+    return {k: v for k, v in _plugin_files.items() if v is not None}
 
 
 def discover(module: str) -> list[str]:

@@ -37,7 +37,7 @@ from mi_bench.runs import RECORD, RECONSTRUCTIONS, load_reconstructions, read_re
 
 log = logging.getLogger(__name__)
 
-SCORING_KEYS = ("judges", "judge.*", "eval.*", "evaluator.*", "eval_seed")
+SCORING_KEYS = ("judges", "judge.*", "eval.*", "evaluator.*", "eval_seed", "health.*")
 WHERE_KEYS = ("threads", "device", "compile", "tf32", "cache_dir", "data_root", "results_db", "results_dir",
               "progress_interval_s")
 

@@ -227,6 +227,9 @@ class Stages:
         self.times: dict[str, float] = {}
         self.trained: list[str] = []
         self.artifacts: dict[str, dict[str, Any]] = {}
+        # the prior's KID and sample grid (mi_bench.prior_quality), set by the pipeline after the
+        # prior is built; the record's protocol["prior_quality"]
+        self.prior_quality: dict[str, Any] | None = None
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

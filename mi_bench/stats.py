@@ -7,6 +7,29 @@ intervals for means over seeds.
 * :func:`mean_interval` - mean and 95% Student-t interval of per-seed values.
 * :func:`welch_interval` - difference of two means (e.g. a defense minus its baseline, over
   target seeds) with Welch's 95% t interval (unequal variances).
+* :func:`paired_interval` - the mean of per-seed differences (defended minus baseline on the
+  same target seed) with its Student-t interval: the paired design, tighter than Welch's when
+  the seed moves both arms alike (the seed's share of the spread cancels in the difference).
+
+Power (how many target seeds an effect needs; how small an effect the seeds run can see):
+
+* :func:`t_power` - the power of the two-sided t test (unpaired: Student's two-sample test with
+  ``n`` and ``n2`` seeds; paired: the one-sample test on ``n`` per-seed differences) to detect a
+  true change ``delta`` when the seed-to-seed standard deviation is ``sd``: exact, from the
+  noncentral t distribution (``P(|T| > t_crit)``, ``T ~ t'(df, delta / se)``).
+* :func:`seeds_needed` - the smallest number of seeds per arm (paired: of pairs) whose power
+  reaches ``power`` (80%) at ``alpha`` (0.05, two-sided), found by stepping ``n`` up from the
+  normal approximation :func:`normal_seeds` (``n = k (z_{1-alpha/2} + z_{power})^2 sd^2 /
+  delta^2``, ``k = 2`` unpaired, ``1`` paired), which never overshoots the t answer.
+* :func:`min_detectable_effect` - the inverse: the smallest true change that ``n`` seeds detect
+  with that power (MDE), the honest reading of a "no effect" verdict.
+* :func:`pooled_sd` - the seed-to-seed standard deviation pooled over several configurations
+  (each around its own mean), with its degrees of freedom.
+
+Unpaired power uses Student's pooled-variance test with ``n + n2 - 2`` degrees of freedom: with
+equal spreads and equal seeds per arm Welch's test has about the same power (its degrees of
+freedom are at most ``n + n2 - 2``, so it is very slightly less powerful; the tests check both
+by simulation). Values are in the metric's units: accuracies are fractions, 10 points = 0.10.
 """
 
 from __future__ import annotations
@@ -84,3 +107,121 @@ def newcombe_interval(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tup
     d = p1 - p2
     return (d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2),
             d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float],
+                    level: float = 0.95) -> tuple[float, float | None, float | None]:
+    """``(mean(a_i - b_i), low, high)``: the Student-t interval of the per-pair differences
+    (``a[i]`` and ``b[i]`` measured on the same target seed); no interval for one pair."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_interval needs as many values on each side ({len(a)} vs {len(b)})")
+    if not a:
+        raise ValueError("paired_interval needs at least one pair")
+    return mean_interval([float(x) - float(y) for x, y in zip(a, b)], level)
+
+
+def sample_sd(values: Sequence[float]) -> float | None:
+    """The sample standard deviation (``n - 1`` in the denominator); None for under two values."""
+    vals = [float(v) for v in values]
+    if len(vals) < 2:
+        return None
+    m = sum(vals) / len(vals)
+    return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def pooled_sd(groups: Sequence[Sequence[float]]) -> tuple[float | None, int]:
+    """``(sd, df)``: the standard deviation pooled over ``groups`` (each around its own mean,
+    ``sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1))``) and its degrees of freedom; groups of one value
+    add nothing. ``(None, 0)`` when no group has two values."""
+    ss, df = 0.0, 0
+    for g in groups:
+        vals = [float(v) for v in g]
+        if len(vals) < 2:
+            continue
+        m = sum(vals) / len(vals)
+        ss += sum((v - m) ** 2 for v in vals)
+        df += len(vals) - 1
+    return (math.sqrt(ss / df), df) if df else (None, 0)
+
+
+def _se_df(sd: float, n: int, n2: int | None, paired: bool) -> tuple[float, int]:
+    if paired:
+        if n2 is not None and n2 != n:
+            raise ValueError("a paired design has as many seeds on each side")
+        return sd / math.sqrt(n), n - 1
+    n2 = n if n2 is None else n2
+    return sd * math.sqrt(1 / n + 1 / n2), n + n2 - 2
+
+
+def t_power(delta: float, sd: float, n: int, *, n2: int | None = None, paired: bool = False,
+            alpha: float = 0.05) -> float:
+    """Power of the two-sided level-``alpha`` t test to detect a true change ``delta``.
+
+    Unpaired: ``n`` seeds in one arm and ``n2`` (default ``n``) in the other, each with
+    seed-to-seed standard deviation ``sd`` (Student's two-sample test, ``n + n2 - 2`` degrees of
+    freedom). Paired: ``n`` pairs whose differences have standard deviation ``sd`` (one-sample
+    test, ``n - 1`` degrees of freedom). Exact under normal seeds (noncentral t)."""
+    if sd < 0:
+        raise ValueError("t_power: sd must be >= 0")
+    se, df = _se_df(sd, n, n2, paired)
+    if df < 1:
+        raise ValueError(f"t_power: {'pairs' if paired else 'seeds'} too few for a t test (df={df})")
+    if se == 0:
+        return 1.0 if delta != 0 else alpha
+    crit = _st.t.ppf(1 - alpha / 2, df)
+    ncp = abs(delta) / se
+    upper = float(_st.nct.sf(crit, df, ncp))
+    lower = float(_st.nct.cdf(-crit, df, ncp))  # the wrong-sign tail; scipy gives NaN when it is ~0
+    return upper + (lower if math.isfinite(lower) else 0.0)
+
+
+def normal_seeds(delta: float, sd: float, *, paired: bool = False, alpha: float = 0.05,
+                 power: float = 0.8) -> float:
+    """The normal-approximation sample size (per arm, or pairs), not rounded:
+    ``k ((z_{1-alpha/2} + z_{power}) sd / delta)^2`` with ``k = 2`` unpaired, ``1`` paired (the
+    textbook formula, e.g. statsmodels' ``NormalIndPower``). It ignores that ``sd`` is estimated,
+    so it is slightly below the t answer (:func:`seeds_needed`)."""
+    if delta == 0:
+        raise ValueError("normal_seeds: a zero change needs infinitely many seeds")
+    z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
+    return (1 if paired else 2) * (z * sd / delta) ** 2
+
+
+def seeds_needed(delta: float, sd: float, *, paired: bool = False, alpha: float = 0.05,
+                 power: float = 0.8, max_n: int = 100_000) -> int:
+    """The smallest number of target seeds per arm (paired: of pairs) whose two-sided t test at
+    ``alpha`` detects a true change ``delta`` with at least ``power``, given the seed-to-seed
+    standard deviation ``sd`` (paired: of the per-seed differences). Stepped up from the normal
+    approximation; at least 2 (a t interval needs two seeds a side). ValueError past ``max_n``."""
+    if delta == 0:
+        raise ValueError("seeds_needed: a zero change needs infinitely many seeds")
+    if sd == 0:
+        return 2
+    n = max(2, math.floor(normal_seeds(delta, sd, paired=paired, alpha=alpha, power=power)))
+    while t_power(delta, sd, n, paired=paired, alpha=alpha) < power:
+        n += 1
+        if n > max_n:
+            raise ValueError(f"seeds_needed: more than {max_n} seeds (sd={sd}, delta={delta})")
+    return n
+
+
+def min_detectable_effect(sd: float, n: int, *, n2: int | None = None, paired: bool = False,
+                          alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest true change (in ``sd``'s units, > 0) that ``n`` seeds (``n2`` in the other
+    arm; paired: ``n`` pairs) detect with ``power`` by the two-sided t test at ``alpha``; None
+    when there are too few seeds for a t test (one pair, or one seed on each side). A "no
+    effect" verdict rules out changes of about this size, not smaller ones."""
+    _, df = _se_df(1.0, n, n2, paired)
+    if df < 1:
+        return None
+    if sd == 0:
+        return 0.0
+    def f(d: float) -> float:
+        return t_power(d, sd, n, n2=n2, paired=paired, alpha=alpha) - power
+
+    hi = sd
+    while f(hi) < 0:
+        hi *= 2
+    from scipy.optimize import brentq
+
+    return float(brentq(f, 0.0, hi, xtol=1e-10 * sd))

@@ -37,27 +37,39 @@ def run_table(rec: dict) -> Table:
             return f"as {shown[reason]}"
         shown[reason] = k
         return reason
+    from mi_bench import health
+
+    marks = health.marks(health.of(rec))  # numbers of a classifier that failed its health check
+    warn = lambda k: " ⚠" if marks.get(k) else ""  # noqa: E731 - the warning lines under the table say why
     n_priv = len(rec["protocol"]["data"]["private_classes"])
-    t.add_row("target acc", pct(m["target_acc"]), "private test split")
-    t.add_row("eval acc", pct(m["eval_acc"]), f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")
+    t.add_row("target acc", pct(m["target_acc"]) + warn("target_acc"), "private test split")
+    t.add_row("eval acc", pct(m["eval_acc"]) + warn("attack_acc"),
+              f"evaluator, all {rec['protocol']['data']['num_domain_classes']} classes")
     ci = m.get("attack_acc_ci")
-    acc = pct(m["attack_acc"]) + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
+    acc = pct(m["attack_acc"]) + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "") + warn("attack_acc")
     t.add_row("attack acc (top-1)", acc, f"95% Wilson interval; chance {100 / n_priv:.0f}% over private "
               f"classes; {m['n_reconstructions']} reconstructions")
+    cap = ((rec["protocol"].get("inversion") or {}).get("cap"))
+    if cap:  # attack.max_latents: which classes were inverted, which left out (mi_bench.inversion_cap)
+        from mi_bench.inversion_cap import describe as describe_cap
+
+        t.add_row("inversion cap", *describe_cap(cap))
     judges = rec["protocol"].get("judges") or {}
     for name, res in (m.get("judges") or {}).items():
         if name == "eval":
             continue
         info = judges.get(name, {})
         lo, hi = res["acc_ci"]
-        t.add_row(f"{name} judge acc", f"{pct(res['acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]",
+        t.add_row(f"{name} judge acc",
+                  f"{pct(res['acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]" + warn(f"attack_acc_{name}"),
                   f"{info.get('architecture', '?')}, {info.get('augmentation', '?')} augmentation, "
                   f"adversarial {info.get('adversarial', '?')}; rejected {100 * res['rejected']:.0f}%")
     if m.get("consensus_acc") is not None:
         lo, hi = m["consensus_acc_ci"]
-        t.add_row("consensus acc", f"{pct(m['consensus_acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]",
+        t.add_row("consensus acc",
+                  f"{pct(m['consensus_acc'])} [{100 * lo:.0f}, {100 * hi:.0f}]" + warn("consensus_acc"),
                   f"every judge ({', '.join(m['consensus_judges'])}) names the attacked class")
-    t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]), "")
+    t.add_row("attack acc (top-5)", pct(m["attack_acc_top5"]) + warn("attack_acc_top5"), "")
     div = m.get("diversity")
     if div:
         flagged = div["collapsed_classes"]
@@ -77,11 +89,32 @@ def run_table(rec: dict) -> Table:
               why("kid_eval", "± jackknife s.e.; unbiased: compare runs with different n by KID"))
     t.add_row("FID (Inception)", num("fid_inception"), why("fid_inception", "pytorch-fid Inception-v3"))
     t.add_row("KID (Inception)", num("kid_inception", "kid_inception_se", ".3g"), why("kid_inception"))
+    from mi_bench.prior_quality import describe as describe_prior, describe_diversity
+
+    prior_row = describe_prior(rec["protocol"].get("prior_quality"))
+    if prior_row is not None:  # the prior's own KID against held-out public images
+        t.add_row("prior KID (eval feats)", *prior_row)
+    prior_div = describe_diversity(rec["protocol"].get("prior_quality"))
+    if prior_div is not None:  # a conditional prior's (PLG-MI) samples per class vs real images
+        t.add_row("prior diversity", *prior_div)
     t.add_row("trained", ", ".join(rec["trained"]) or "nothing (all cached)", "")
     t.add_row("wall time", f"{rec['wall_seconds']:.1f}s",
               " ".join(f"{k}={v:.1f}s" for k, v in rec["stage_seconds"].items()))
     t.add_row("grid", str(rec.get("grid")), "")
+    v = health.of(rec)
+    n = len(health.problems(v))
+    t.add_row("health", "ok" if v["ok"] else f"{n} problem{'s' * (n != 1)}",
+              "target, evaluator and judges against chance and their thresholds (health.*)"
+              + ("; warnings below" if n else ""))
     return t
+
+
+def health_lines(rec: dict) -> list[str]:
+    """The plain lines printed under a run's table: one ``warning:`` per health problem (what is
+    wrong, what it means, the fix) and one ``note:`` per note (``mi_bench.health``)."""
+    from mi_bench import health
+
+    return health.lines(health.of(rec))
 
 
 def rescore_table(rec: dict) -> Table:

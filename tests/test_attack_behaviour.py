@@ -10,6 +10,7 @@ from mi_bench.registry import ATTACKS
 from mi_bench.runtime import NULL_BARS
 
 
+@pytest.mark.slow  # minute-long on the 2-core machine: the slow lane
 @pytest.mark.parametrize("name", ["kedmi", "plgmi"])
 def test_attack_on_digits_beats_twice_chance(name, digits_world):
     w = digits_world

@@ -51,7 +51,10 @@ def test_baselines_run_end_to_end_and_share_gmis_prior(tmp_path, monkeypatch):
             assert e["margins"][base][j]["margin"] == pytest.approx(want)
             lo, hi = e["margins"][base][j]["ci"]
             assert lo <= want <= hi
-    assert e["beats_pixel_robust"] in (True, False)
+    # gmi beats pixel under the robust judge exactly when that margin's interval is above zero
+    robust = e["margins"]["pixel"]["robust"]
+    assert e["beats_pixel_robust"] is (robust["ci"][0] > 0)
+    assert e["flag"] == ("" if e["beats_pixel_robust"] else "does not beat pixel under the robust judge")
     assert "Margins over calibration baselines" in render(leaderboard(records), "markdown", margins)
 
 

@@ -314,6 +314,6 @@ def test_each_control_runs_through_mi_bench_run_smoke(run_root, option, plugin):
     rec = json.loads(r.stdout)
     assert rec["config"]["defense"]["name"] == plugin
     m = rec["metrics"]
-    assert m["target_acc"] == m["target_acc"] and m["attack_acc"] == m["attack_acc"]
+    assert math.isfinite(m["target_acc"]) and math.isfinite(m["attack_acc"])
     assert rec["defense_report"], "the defense's report is stored with the result"
     assert rec["defense_label"].startswith(plugin + "[")

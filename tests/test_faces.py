@@ -75,11 +75,28 @@ def test_lfw_min_images_rule_matches_the_data_readme(n, people, images):
 @pytest.mark.data
 def test_lfw_cpu_preset_caps_each_person_and_keeps_splits_stable():
     by_id = faces.scan_identity_folders(lfw_or_skip())
-    cpu = faces.plan_identities(by_id, face_cfg(["preset=cpu"]), dataset="lfw", order="name order")
-    assert (len(cpu.train), len(cpu.val), len(cpu.test)) == (1549, 177, 429)
+    cfg = face_cfg(["preset=cpu"])
+    fc = cfg.face
+    cpu = faces.plan_identities(by_id, cfg, dataset="lfw", order="name order")
+    # the counts the stated rule gives, computed from the folder listing alone: the first
+    # private_classes people (name order) with >= min_images images, each capped at
+    # max_per_identity, split round(test_fraction n) test and val_fraction of the rest validation
+    qualifying = [i for i in by_id if len(by_id[i]) >= fc.min_images][: cfg.private_classes or None]
+    assert cpu.private_ids == qualifying
+    want = {"train": 0, "val": 0, "test": 0}
+    for ident in qualifying:
+        n = min(len(by_id[ident]), fc.max_per_identity or len(by_id[ident]))
+        n_test = min(max(1, round(cfg.test_fraction * n)), n - 1)
+        n_val = min(round(cfg.val_fraction * (n - n_test)), n - n_test - 1)
+        want["test"] += n_test
+        want["val"] += n_val
+        want["train"] += n - n_test - n_val
+    assert {"train": len(cpu.train), "val": len(cpu.val), "test": len(cpu.test)} == want
     per = np.bincount([lab for _, lab in cpu.train + cpu.val + cpu.test])
-    assert per.max() == 60 and per.min() == 20
-    assert len(cpu.public) == 10210  # public people have < 20 images: the cap never bites
+    assert per.max() == fc.max_per_identity and per.min() >= fc.min_images
+    public = sum(len(f) for i, f in by_id.items() if i not in set(qualifying))
+    assert max(len(f) for i, f in by_id.items() if i not in set(qualifying)) < fc.max_per_identity
+    assert len(cpu.public) == min(public, fc.public_size or public)  # the cap never bites there
     # an identity's split depends on the seed and the identity only, not on who else is private
     n10 = faces.plan_identities(by_id, face_cfg(["dataset.face.min_images=10"]), dataset="lfw",
                                 order="name order")

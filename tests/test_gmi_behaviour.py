@@ -9,6 +9,7 @@ from mi_bench.metrics import score_inversion
 from mi_bench.runtime import NULL_BARS
 
 
+@pytest.mark.slow  # minute-long on the 2-core machine: the slow lane
 def test_gmi_beats_twice_chance_on_undefended_digits(digits_world):
     w = digits_world
     cfg = GMIConfig(name="gmi", gan_width=16, gan_steps=150, iterations=150, restarts=2,

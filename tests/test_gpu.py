@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import math
+
 import pytest
 import torch
 
@@ -157,7 +159,7 @@ def test_amp_bf16_trains_on_cuda():
                            defense=BiDO(BiDOConfig(name="bido"), num_classes=5, input_shape=(1, 32, 32)),
                            device=CUDA, accel=Accel(amp="bf16"))
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
-    assert all(r["d_xz"] > 0 and r["loss"] == r["loss"] for r in res.history)
+    assert all(r["d_xz"] > 0 and math.isfinite(r["loss"]) for r in res.history)
 
 
 def test_gmi_prior_as_one_cuda_graph_trains():
@@ -182,3 +184,11 @@ def test_gmi_prior_as_one_cuda_graph_trains():
     moved = [k for k, v in g0.items() if v.is_floating_point() and not torch.equal(v, priors[True][f"G.{k}"])]
     assert moved, "the graphed prior did not train"
     assert all(torch.isfinite(v).all() for v in priors[True].values() if v.is_floating_point())
+    # close to eager training: the graphed generator ends nearer the eager one than either is to
+    # its initialisation (the same steps from the same seed; only cuDNN/RNG-stream differences)
+    def dist(a, b):
+        return sum(float((a[k].float() - b[k].float()).norm()) for k in moved)
+    eager = {k.removeprefix("G."): v for k, v in priors[False].items() if k.startswith("G.")}
+    graphed = {k.removeprefix("G."): v for k, v in priors[True].items() if k.startswith("G.")}
+    init = {k: v.to(CUDA) for k, v in g0.items()}
+    assert dist(graphed, eager) < 0.5 * dist(eager, init), (dist(graphed, eager), dist(eager, init))

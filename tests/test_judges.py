@@ -200,6 +200,7 @@ def test_recipe_adds_background_noise_to_a_share_of_the_real_images():
 NOISY_REJECT_MAX = 0.05  # a judge may reject at most 5% of real test digits with faint noise added
 
 
+@pytest.mark.slow  # minute-long on the 2-core machine: the slow lane
 def test_small_judges_accept_noisy_real_digits(tmp_path):
     """Each judge, trained small on digits (~15 s together), rejects at most NOISY_REJECT_MAX of
     the real test digits with the health checks' Gaussian (sigma 0.05) or uniform (0.1) noise
@@ -218,6 +219,7 @@ def test_small_judges_accept_noisy_real_digits(tmp_path):
             assert info[check] <= NOISY_REJECT_MAX, (name, check, info[check])
 
 
+@pytest.mark.slow  # minute-long on the 2-core machine: the slow lane
 def test_background_noise_stops_a_judge_rejecting_noisy_mnist(shared_data):
     """The defect of issue 12's MNIST benchmark, small: a ResNet judge trained with the junk
     class but no background noise rejects most real MNIST test digits once faint uniform noise is

@@ -144,6 +144,7 @@ class LabelSmoothing(Defense):
 """
 
 
+@pytest.mark.slow  # minute-long on the 2-core machine: the slow lane
 def test_entry_point_plugin_runs_through_mi_bench_run_and_broken_one_only_warns(tmp_path):
     site = tmp_path / "site"
     site.mkdir()

@@ -162,17 +162,24 @@ def test_defense_effects_against_published_and_matched_baselines():
     bido = eff[("gmi", "bido[measure=coco]")]
     assert bido["published"]["defense"] == "none" and bido["matched"]["defense"] == "none[recipe=bido]"
     assert bido["value"] == pytest.approx(0.30) and bido["seeds"] == [0, 1, 2]
-    pub = stats.ttest_ind([0.25, 0.35, 0.30], [0.56, 0.60, 0.58], equal_var=False).confidence_interval()
+    # the same target seeds on both sides: paired by seed (Student-t of the per-seed differences);
+    # Welch's interval is kept beside it
+    pub = stats.ttest_rel([0.25, 0.35, 0.30], [0.56, 0.60, 0.58]).confidence_interval()
     assert bido["published"]["delta"] == pytest.approx(0.30 - 0.58)
+    assert bido["published"]["design"] == "paired" and bido["published"]["pairs"] == [0, 1, 2]
     assert bido["published"]["delta_ci"] == pytest.approx([pub.low, pub.high])
-    mat = stats.ttest_ind([0.25, 0.35, 0.30], [0.27, 0.58, 0.40], equal_var=False).confidence_interval()
+    welch = stats.ttest_ind([0.25, 0.35, 0.30], [0.56, 0.60, 0.58], equal_var=False).confidence_interval()
+    assert bido["published"]["welch_ci"] == pytest.approx([welch.low, welch.high])
+    mat = stats.ttest_rel([0.25, 0.35, 0.30], [0.27, 0.58, 0.40]).confidence_interval()
     assert bido["matched"]["delta_ci"] == pytest.approx([mat.low, mat.high])
     assert pub.high < 0 < mat.high
     assert bido["verdict"] == "vanishes vs matched" and not bido["matched_is_published"]
 
     qad = eff[("gmi", "qad")]  # trained with the baseline's recipe: matched = published
     assert qad["matched_is_published"] and qad["matched"] == qad["published"]
-    assert qad["verdict"] in ("holds", "no effect")
+    q_ci = stats.ttest_rel([0.50, 0.58, 0.54], [0.56, 0.60, 0.58]).confidence_interval()
+    assert qad["published"]["delta_ci"] == pytest.approx([q_ci.low, q_ci.high])
+    assert q_ci.low < 0 < q_ci.high and qad["verdict"] == "no effect"  # -4 points, 3 seeds: not clear of 0
     assert eff[("kedmi", "mid")]["verdict"] == "n/a: no published baseline"
     assert eff[("kedmi", "mid")]["published"] is None
 
@@ -181,7 +188,7 @@ def test_defense_effects_against_published_and_matched_baselines():
 
     md = render_effects(defense_effects(recs))
     assert "| Δ vs matched (pp) |" in md and "**vanishes vs matched**" in md
-    assert "(= published)" in md and "Welch" in md
+    assert "(= published)" in md and "Welch" in md and "| paired by target seed, 3 pairs |" in md
     rows = leaderboard(recs)
     full = render(rows, "markdown", effects=defense_effects(recs))
     assert full.index("## Defense effect vs baselines") > full.index("evaluation model")

@@ -31,6 +31,7 @@ def test_sweep_defaults_to_three_seeds():
     assert "seeds 0, 1 and 2" in r.output.replace("\n  ", " ")
 
 
+@pytest.mark.slow  # minute-long on the 2-core machine: the slow lane
 def test_local_workers_run_cells_in_parallel_and_train_shared_artifacts_once(env):
     args = ("sweep", "preset=smoke", "defense=none,bido", "attack=gmi", "seed=0", "--quiet")
     dry = invoke(*args, "--dry-run")
@@ -98,6 +99,7 @@ def test_failed_cell_is_recorded_the_sweep_goes_on_and_retry_reruns_it(env, monk
     assert len(ResultStore(DB).records()) == 3
 
 
+@pytest.mark.slow  # minute-long on the 2-core machine: the slow lane
 def test_submitit_launcher_runs_a_two_cell_job_array_locally_and_requeues_a_preempted_cell(env):
     import os
     import subprocess

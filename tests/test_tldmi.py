@@ -10,6 +10,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import math
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -239,4 +241,4 @@ def test_tldmi_runs_through_mi_bench_run_smoke(run_root):
     assert rep["init"]["key"] == rec["artifacts"]["pretrain"]["key"]
     assert rec["protocol"]["initialisation"]["target"].startswith("pretrained")
     m = rec["metrics"]
-    assert m["target_acc"] == m["target_acc"] and m["attack_acc"] == m["attack_acc"]
+    assert math.isfinite(m["target_acc"]) and math.isfinite(m["attack_acc"])

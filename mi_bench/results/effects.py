@@ -7,8 +7,15 @@
   protocol, attack, preset, evaluator and attack settings: the *published* baseline (``none``
   trained with its own recipe, ``recipe`` empty) and the *matched* baseline (``none`` whose target
   was trained exactly like the defended target: same ``target`` section, e.g. ``defense=none
-  recipe=bido``): the change in attack accuracy against each, with a Welch 95% interval over
-  target seeds, and a :func:`verdict`.
+  recipe=bido``): the change in attack accuracy against each, with a 95% interval over target
+  seeds, and a :func:`verdict`. Where the two entries ran the same target seeds (two or more),
+  the design is *paired by target seed*: the interval is the Student-t interval of the per-seed
+  differences (:func:`paired_seeds`; the same seed trains both targets and the prior, and starts
+  the inversion, so what the seed does to both cancels). Otherwise it is Welch's interval over the
+  two sets of seeds (unpaired). Each comparison also carries its minimum detectable effect
+  (``mde``: the smallest change its seeds detect with 80% power at the 5% level,
+  :func:`mi_bench.stats.min_detectable_effect`, from the spread observed), so a "no effect"
+  verdict says how large an effect it rules out.
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ import math
 from typing import Any
 
 from mi_bench.results.leaderboard import current, judge_names
-from mi_bench.stats import mean_interval, newcombe_interval, welch_interval
+from mi_bench.stats import (
+    mean_interval, min_detectable_effect, newcombe_interval, paired_interval, pooled_sd, sample_sd,
+    welch_interval,
+)
 
 
 
@@ -135,11 +145,61 @@ def _values(recs: list[dict[str, Any]], metric: str) -> list[float]:
     return out
 
 
-def _compare(defended: list[float], base: list[float]) -> dict[str, Any]:
-    if not defended or not base:
-        return {"delta": None, "delta_ci": None}
-    diff, lo, hi = welch_interval(defended, base)
-    return {"delta": diff, "delta_ci": None if lo is None else [lo, hi]}
+def _by_seed(recs: list[dict[str, Any]], metric: str) -> dict[int, float]:
+    """``{target seed: metric}``, the latest run of each seed (as in the leaderboard)."""
+    out: dict[int, float] = {}
+    for r in sorted(recs, key=lambda r: r.get("created_at") or ""):
+        v = _values([r], metric)
+        if v:
+            out[r["config"]["seed"]] = v[0]
+    return out
+
+
+def paired_seeds(defended: list[dict[str, Any]], base: list[dict[str, Any]],
+                 metric: str = "attack_acc") -> list[tuple[int, float, float]]:
+    """``[(seed, defended value, baseline value)]`` for each target seed both entries ran (the
+    latest run of each seed), by seed. The entries already share everything but the defense,
+    the recipe and the target section (:func:`defense_effects` matches them), so records of one
+    seed share the prior where it does not depend on the target and the inversion's seed."""
+    a, b = _by_seed(defended, metric), _by_seed(base, metric)
+    return [(s, a[s], b[s]) for s in sorted(set(a) & set(b))]
+
+
+PAIRED_MIN = 2  # pairs needed for a paired interval; with fewer, Welch's over all seeds
+
+
+def design_label(c: dict[str, Any] | None) -> str:
+    """``paired by target seed, 3 pairs`` / ``Welch, unpaired`` / ``-`` for a comparison."""
+    if not c or c.get("design") is None or not c.get("delta_ci"):
+        return "-"
+    if c["design"] == "paired":
+        return f"paired by target seed, {len(c['pairs'])} pairs"
+    return "Welch, unpaired"
+
+
+def _compare(defended: list[dict[str, Any]], base: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Defended minus baseline: paired by target seed when they share two or more seeds, else
+    Welch; with both intervals (``paired_ci``, ``welch_ci``), the pairs' seeds (and, paired, the
+    per-seed ``differences``) and the MDE of the design used (None under two seeds a side)."""
+    a, b = _values(defended, metric), _values(base, metric)
+    if not a or not b:
+        return {"delta": None, "delta_ci": None, "design": None, "pairs": [], "mde": None}
+    wdiff, wlo, whi = welch_interval(a, b)
+    pairs = paired_seeds(defended, base, metric)
+    out: dict[str, Any] = {"welch_ci": None if wlo is None else [wlo, whi], "pairs": [p[0] for p in pairs],
+                           "paired_ci": None}
+    if len(pairs) >= PAIRED_MIN:
+        diffs = [x - y for _, x, y in pairs]
+        diff, lo, hi = (float(v) for v in paired_interval([p[1] for p in pairs], [p[2] for p in pairs]))
+        out["paired_ci"] = [lo, hi]
+        sd = sample_sd(diffs)
+        mde = min_detectable_effect(sd, len(pairs), paired=True)
+        out.update(delta=diff, delta_ci=[lo, hi], design="paired", differences=diffs, sd=sd, mde=mde)
+    else:
+        sd, _ = pooled_sd([a, b])
+        mde = None if sd is None else min_detectable_effect(sd, len(a), n2=len(b))
+        out.update(delta=wdiff, delta_ci=out["welch_ci"], design="welch", sd=sd, mde=mde)
+    return out
 
 
 def verdict(pub: dict[str, Any] | None, mat: dict[str, Any] | None) -> str:
@@ -164,7 +224,12 @@ def verdict(pub: dict[str, Any] | None, mat: dict[str, Any] | None) -> str:
 def defense_effects(records: list[dict[str, Any]], metric: str = "attack_acc") -> list[dict[str, Any]]:
     """For each defended leaderboard entry: ``metric`` (mean and Student-t 95% interval over
     target seeds) and its change against the published and the matched undefended baseline
-    (difference of means, Welch 95% interval; negative = the defense lowers the metric).
+    (negative = the defense lowers the metric): over the target seeds both ran, the mean per-seed
+    difference with its Student-t 95% interval (``design == "paired"``, ``pairs``: the seeds);
+    with fewer than two shared seeds the difference of means with Welch's 95% interval
+    (``design == "welch"``). Each comparison keeps both intervals (``paired_ci``, ``welch_ci``),
+    the spread used (``sd``: of the per-seed differences, or pooled over the two arms) and its
+    minimum detectable effect at 80% power (``mde``).
 
     Baselines are looked up among entries with ``defense.name == "none"`` and the same config
     apart from the defense, the recipe, the ``target`` section and the seed: the published one
@@ -211,7 +276,7 @@ def defense_effects(records: list[dict[str, Any]], metric: str = "attack_acc") -
             bmean, blo, bhi = mean_interval(base["values"]) if base["values"] else (None, None, None)
             comps[kind] = {"defense": base["label"], "seeds": base["seeds"], "value": bmean,
                            "value_ci": None if blo is None else [blo, bhi],
-                           **_compare(e["values"], base["values"])}
+                           **_compare(e["recs"], base["recs"], metric)}
             row[kind] = comps[kind]
         row["matched_is_published"] = matched_b is not None and matched_b is published
         row["verdict"] = verdict(comps.get("published"), comps.get("matched"))

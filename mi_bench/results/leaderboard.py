@@ -11,6 +11,9 @@ Plain dicts and lists, no formatting (``mi_bench.results.render`` and ``.termina
   reasons of metrics that failed (``failed_reasons``) or are absent by design
   (``absent_reasons``; :func:`missing_metrics`), and ``variant``: how it differs from entries
   with the same defense label (``attack.restarts=3``), else empty.
+  ``health``: ``{column: [reason, ...]}``, the cells computed with a target, evaluator or judge
+  that failed its health check in any of the entry's runs (``mi_bench.health``; computed for
+  records that predate the verdict); renderers mark those cells and say why.
 * :func:`current` - the records minus those re-scored by another record (``rescored_from``,
   ``mi-bench rescore``): the leaderboard, the baseline margins and the defense effects use it,
   so a run and its re-scored version are never counted twice (the re-scored one wins).
@@ -24,6 +27,7 @@ import json
 import math
 from typing import Any, Iterable
 
+from mi_bench.health import group_marks
 from mi_bench.stats import mean_interval, wilson_interval
 
 
@@ -144,6 +148,8 @@ def leaderboard(records: list[dict[str, Any]], *, labels: bool = True) -> list[d
         eps = first.get("defense_report", {}).get("epsilon")
         row["dp_epsilon"] = None if eps is None else eps
         row["human"] = human_check(runs) if labels else None
+        # cells computed with a classifier whose health check failed, and why (mi_bench.health)
+        row["health"] = group_marks(recs)
         rows.append(row)
         configs.append(cfg)
     _flag_sample_counts(rows)
@@ -232,6 +238,8 @@ def human_check(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     for r in records:
         folder = r.get("run_dir")
         labels = load_labels(folder) if folder else {}
+        if not labels and r.get("labels_copy"):  # exported beside the records (results/bench/labels)
+            labels = load_labels("", file=r["labels_copy"])
         judged = r["metrics"].get("judges") or {}
         if not labels or not judged:
             continue

@@ -15,7 +15,7 @@ import io
 import json
 from typing import Any
 
-from mi_bench.results.effects import calibration_attacks
+from mi_bench.results.effects import calibration_attacks, design_label
 
 
 
@@ -145,13 +145,21 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 EFFECTS_NOTE = (
     "Change in attack accuracy (percentage points, defended minus undefended; negative = the "
-    "defense lowers it), mean over target seeds with a Welch 95% interval (unequal variances). "
-    "Published baseline: `none` trained with its own recipe. Matched baseline: `none` trained "
+    "defense lowers it) with its 95% interval. Design: *paired by target seed* where the two "
+    "entries ran the same target seeds (two or more; the same seed trains both targets and the "
+    "prior and starts the inversion): the mean of the per-seed differences with its Student-t "
+    "interval; otherwise *Welch, unpaired*: the difference of means with Welch's interval "
+    "(unequal variances). Published baseline: `none` trained with its own recipe. Matched baseline: `none` trained "
     "with the defense's recipe (identical `target` section: optimiser, lr, schedule, epochs, "
     "batch, sampler, drop-last), e.g. `defense=none recipe=bido`. Verdict: *holds* = the "
     "interval lies below 0 against both; *vanishes vs matched* = below 0 against the published "
     "baseline only, so the recipe, not the defense, explains the drop; *raises vs matched* = above "
-    "0 against the matched baseline: the defended target leaks more."
+    "0 against the matched baseline: the defended target leaks more. MDE (after *no effect* and "
+    "*vanishes vs matched*): the smallest change, either way, that the comparison with the matched "
+    "baseline detects with 80% power at the 5% level (two-sided t test, from the spread of these "
+    "seeds; `mi_bench.stats.min_detectable_effect`): the verdict rules out effects of about that "
+    "size, not smaller ones; results/bench/power.md says how many seeds a 10- or 20-point change "
+    "needs."
 )
 
 
@@ -172,9 +180,12 @@ def effects_rows(effects: list[dict[str, Any]]) -> tuple[list[str], list[list[st
     """Header and cells of the defense-effect table (the verdicts ``vanishes vs matched`` and ``raises vs matched`` in bold)."""
     headers = ["dataset", "protocol", "attack", "preset", "defense", "seeds", "attack acc %",
                "published baseline", "Δ vs published (pp)", "matched baseline",
-               "Δ vs matched (pp)", "verdict"]
+               "Δ vs matched (pp)", "design", "verdict"]
     body = []
     for r in effects:
+        pub_d, mat_d = design_label(r.get("published")), design_label(r.get("matched"))
+        design = mat_d if (r["matched_is_published"] or pub_d == mat_d or r.get("published") is None) \
+            else f"published: {pub_d}; matched: {mat_d}"
         def base(kind: str) -> str:
             b = r.get(kind)
             if b is None:
@@ -182,16 +193,28 @@ def effects_rows(effects: list[dict[str, Any]]) -> tuple[list[str], list[list[st
             same = " (= published)" if kind == "matched" and r["matched_is_published"] else ""
             return f"{b['defense']}{same}: {_pct(b['value'])} (seeds {','.join(map(str, b['seeds']))})"
         verdict = r["verdict"]
+        cell = f"**{verdict}**" if verdict in ("vanishes vs matched", "raises vs matched") else verdict
+        mde = (r.get("matched") or {}).get("mde")
+        if verdict in ("no effect", "vanishes vs matched") and mde is not None:
+            cell += f" (MDE {100 * mde:.1f} pp)"
         body.append([r["dataset"], r["protocol"], r["attack"], r["preset"], r["defense"],
                      ",".join(map(str, r["seeds"])), _pct(r["value"]), base("published"),
                      _delta(r.get("published")), base("matched"), _delta(r.get("matched")),
-                     f"**{verdict}**" if verdict in ("vanishes vs matched", "raises vs matched") else verdict])
+                     design, cell])
     return headers, body
 
 
-def render_effects(effects: list[dict[str, Any]]) -> str:
-    """The output of :func:`defense_effects` as a markdown table with its note."""
-    return "\n".join(md_table(*effects_rows(effects))) + f"\n\n{EFFECTS_NOTE}\n"
+def render_effects(effects: list[dict[str, Any]], rows: list[dict[str, Any]] | None = None,
+                   notes: HealthNotes | None = None) -> str:
+    """The output of :func:`defense_effects` as a markdown table with its note; given the
+    leaderboard ``rows`` and their ``notes``, cells of entries with a health problem are marked."""
+    head, body = effects_rows(effects)
+    marks = ""
+    if rows is not None and notes is not None:
+        known = len(notes.items)
+        body = health_marked_effects(effects, head, body, rows, notes)
+        marks = md_footnotes(notes, known)
+    return "\n".join(md_table(head, body)) + "\n" + marks + f"\n{EFFECTS_NOTE}\n"
 
 
 def margin_rows(margins: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -229,6 +252,77 @@ def md_table(head: list[str], body: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(c) + " |" for c in body]
 
 
+HEALTH_MARK = "⚠"  # after a number computed with a classifier that failed its health check
+HEALTH_NOTE = ("⚠ = computed with a target, evaluator or judge below its health thresholds (test "
+               "accuracy, multiple of chance, rejected real images; config keys health.*, "
+               "mi_bench.health): read that number with care.")
+UNSHOWN = ("-", "n/a", "failed")  # cells without a number carry no mark
+
+
+class HealthNotes:
+    """The reasons of marked cells, numbered in order of first use (``⚠1``, ``⚠1,2``)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, int] = {}
+
+    def mark(self, reasons: list[str] | None, cell: str = "") -> str:
+        """The suffix for a cell (`` ⚠1,2``); empty when there is no reason or no number."""
+        if not reasons or cell in UNSHOWN:
+            return ""
+        return f" {HEALTH_MARK}" + ",".join(str(self.items.setdefault(w, len(self.items) + 1)) for w in reasons)
+
+    def lines(self, start: int = 0) -> list[str]:
+        """``⚠1 reason`` for every reason numbered after the first ``start``."""
+        return [f"{HEALTH_MARK}{n} {w}" for w, n in self.items.items() if n > start]
+
+
+def md_footnotes(notes: HealthNotes, start: int = 0) -> str:
+    """The reasons numbered after ``start``, as a Markdown list with the marks' note ('' = none)."""
+    new = notes.lines(start)
+    return "\n" + "\n".join(f"- {line}" for line in new) + f"\n\n{HEALTH_NOTE}\n" if new else ""
+
+
+def health_marked(rows: list[dict[str, Any]], body: list[list[str]], notes: HealthNotes) -> list[list[str]]:
+    """:func:`table_rows` cells with the health marks of each row (``row["health"]``)."""
+    cols = columns(rows)
+    return [[c + notes.mark((r.get("health") or {}).get(k), c) for (k, _, _), c in zip(cols, cells)]
+            for r, cells in zip(rows, body)]
+
+
+def _entry_health(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[str]]]:
+    return {(r["dataset"], r["protocol"], r["defense"], r["attack"], r["preset"]): r.get("health") or {}
+            for r in rows}
+
+
+def health_marked_effects(effects: list[dict[str, Any]], head: list[str], body: list[list[str]],
+                          rows: list[dict[str, Any]], notes: HealthNotes) -> list[list[str]]:
+    """Defense-effect cells (eval attack accuracy and its changes) of entries whose eval judge
+    failed its health check, marked."""
+    marks = _entry_health(rows)
+    cols = [i for i, h in enumerate(head) if h in ("attack acc %", "Δ vs published (pp)", "Δ vs matched (pp)")]
+    out = []
+    for e, cells in zip(effects, body):
+        why = marks.get((e["dataset"], e["protocol"], e["defense"], e["attack"], e["preset"]), {}).get("attack_acc")
+        out.append([c + notes.mark(why, c) if i in cols else c for i, c in enumerate(cells)])
+    return out
+
+
+def health_marked_margins(margins: list[dict[str, Any]], head: list[str], body: list[list[str]],
+                          rows: list[dict[str, Any]], notes: HealthNotes) -> list[list[str]]:
+    """Margin cells (``vs <baseline>: <judge>``) under a judge that failed its health check, marked."""
+    marks = _entry_health(rows)
+    out = []
+    for e, cells in zip(margins, body):
+        m = marks.get((e["dataset"], e["protocol"], e["defense"], e["attack"], e["preset"]), {})
+        new = []
+        for h, c in zip(head, cells):
+            judge = h.split(": ", 1)[1] if h.startswith("vs ") and ": " in h else None
+            key = None if judge is None else ("attack_acc" if judge == "eval" else f"attack_acc_{judge}")
+            new.append(c + notes.mark(m.get(key), c) if key else c)
+        out.append(new)
+    return out
+
+
 def render(rows: list[dict[str, Any]], fmt: str, margins: list[dict[str, Any]] | None = None,
            effects: list[dict[str, Any]] | None = None) -> str:
     """``rows`` (:func:`leaderboard`) as json/csv/markdown/latex/html; the markdown output also
@@ -245,31 +339,41 @@ def render(rows: list[dict[str, Any]], fmt: str, margins: list[dict[str, Any]] |
         flat = [k for k, _, _ in cols if k not in ("human_acc", "human_fpr")]
         stats = [k for k, p, _ in cols if p is not None]
         w.writerow(flat + [k + "_ci_low" for k in stats] + [k + "_ci_high" for k in stats]
-                   + ["n_reconstructions", "compare_by"])
+                   + ["n_reconstructions", "compare_by", "health"])
         for r in rows:
             ci = [r.get(k + "_ci") or [None, None] for k in stats]
             w.writerow([",".join(map(str, r[c])) if c == "seeds" else r.get(c) for c in flat]
                        + [c[0] for c in ci] + [c[1] for c in ci]
-                       + [",".join(map(str, r.get("n_reconstructions", []))), r.get("compare_by")])
+                       + [",".join(map(str, r.get("n_reconstructions", []))), r.get("compare_by"),
+                          "; ".join(dict.fromkeys(w for ws in (r.get("health") or {}).values() for w in ws))])
         return buf.getvalue()
+    notes = HealthNotes()
+    body = health_marked(rows, body, notes)
+
     if fmt == "markdown":
         lines = md_table(head, body)
-        text = "\n".join(lines) + f"\n\n{note}\n"
+        text = "\n".join(lines) + "\n" + md_footnotes(notes) + f"\n{note}\n"
         if effects:
-            text += "\n## Defense effect vs baselines\n\n" + render_effects(effects)
+            text += "\n## Defense effect vs baselines\n\n" + render_effects(effects, rows, notes)
         if margins:
             mh, mb = margin_rows(margins)
-            text += "\n## Margins over calibration baselines\n\n" + "\n".join(md_table(mh, mb)) + f"\n\n{MARGIN_NOTE}\n"
+            known = len(notes.items)
+            mb = health_marked_margins(margins, mh, mb, rows, notes)
+            text += ("\n## Margins over calibration baselines\n\n" + "\n".join(md_table(mh, mb)) + "\n"
+                     + md_footnotes(notes, known) + f"\n{MARGIN_NOTE}\n")
         return text
     if fmt == "latex":
-        esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$")  # noqa: E731
+        esc = lambda s: (s.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$")  # noqa: E731
+                         .replace(HEALTH_MARK, r"$^\dagger$"))  # pdflatex has no ⚠
         lines = [r"\begin{tabular}{" + "l" * 6 + "r" * (len(head) - 6) + "}", r"\toprule",
                  " & ".join(esc(h) for h in head) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in cells) + r" \\" for cells in body]
         lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [r"\par\noindent " + esc(line) for line in notes.lines()]
         return "\n".join(lines) + "\n"
     if fmt == "html":
         th = "".join(f"<th>{h}</th>" for h in head)
         trs = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in body)
-        return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>\n<p>{note}</p>\n"
+        health = "".join(f"<p>{line}</p>" for line in notes.lines())
+        return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>\n{health}<p>{note}</p>\n"
     raise ValueError(f"unknown format {fmt!r}")

@@ -6,9 +6,13 @@ file holds no ``http://`` or ``https://`` text at all (a URL quoted in a reason 
 its colon as ``&#58;``, which displays the same). Per dataset / protocol / attack / preset:
 
 * the leaderboard (:func:`mi_bench.results.leaderboard`), sortable by clicking a header (missing
-  values sort last); ``n/a`` and ``failed`` cells carry a footnote with the reason;
+  values sort last); ``n/a`` and ``failed`` cells carry a footnote with the reason, and a number
+  computed with a target, evaluator or judge that failed its health check (``mi_bench.health``)
+  a ``⚠`` and a footnote saying why;
 * the target-accuracy versus attack-accuracy plot with 95% intervals and the Pareto front
   (:func:`mi_bench.viz.tradeoff_png`);
+* the priors of the section's runs: each one's KID against held-out public images and its sample
+  grid (``protocol.prior_quality``, :mod:`mi_bench.prior_quality`);
 * a gallery per defense (:mod:`mi_bench.results.gallery`): real private training images beside
   each run's saved reconstructions, framed by the judges' verdicts;
 * each run's full protocol and config, one click away (``<details>``; the leaderboard's run
@@ -33,7 +37,8 @@ from typing import Any
 from mi_bench.results.gallery import COLOURS, Gallery, RealImages, ReportOptions, esc
 from mi_bench.results.leaderboard import missing_metrics, section_title, sections
 from mi_bench.results.render import (
-    EFFECTS_NOTE, MARGIN_NOTE, columns, effects_rows, margin_rows, protocol_note, table_rows,
+    EFFECTS_NOTE, MARGIN_NOTE, HealthNotes, columns, effects_rows, health_marked_effects,
+    health_marked_margins, margin_rows, protocol_note, table_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -90,10 +95,17 @@ class _Notes:
         n = self.items.setdefault((kind, reason), len(self.items) + 1)
         return f'<sup><a href="#{self.prefix}-n{n}" title="{esc(reason)}">{n}</a></sup>'
 
+    def health(self, reasons: list[str]) -> str:
+        """`` ⚠¹²``: the mark of a number computed with a classifier that failed its health check
+        (``mi_bench.health``), one footnote per reason."""
+        refs = "".join(self.ref("health", r) for r in reasons)
+        return f' <span class="warn" title="{esc("; ".join(reasons))}">⚠</span>{refs}'
+
     def html(self) -> str:
         if not self.items:
             return ""
-        lis = "".join(f'<li id="{self.prefix}-n{n}"><b>{"n/a (absent by design)" if k == "n/a" else "failed"}</b>: '
+        what = {"n/a": "n/a (absent by design)", "health": "⚠ health warning"}
+        lis = "".join(f'<li id="{self.prefix}-n{n}"><b>{what.get(k, "failed")}</b>: '
                       f"{esc(r)}</li>" for (k, r), n in self.items.items())
         return f'<ol class="notes">{lis}</ol>'
 
@@ -118,6 +130,8 @@ def leaderboard_table(rows: list[dict[str, Any]], slug: str) -> str:
                 inner += notes.ref("n/a", r["absent_reasons"][k])
             elif text == "failed" and k in r.get("failed_reasons", {}):
                 inner += notes.ref("failed", r["failed_reasons"][k])
+            elif text not in ("-", "n/a", "failed") and (r.get("health") or {}).get(k):
+                inner += notes.health(r["health"][k])
             v = _sort_value(r, k)
             attr = "" if v is None else f' data-v="{v}"'
             cls = ' class="txt"' if v is None else ""
@@ -183,10 +197,19 @@ def _md_table_html(head: list[str], body: list[list[str]]) -> str:
             f"<tbody>{trs}</tbody></table></div>")
 
 
-def _effects_html(effects: list[dict[str, Any]]) -> str:
+def _health_html(notes: HealthNotes) -> str:
+    """The reasons of a table's ``⚠`` marks (``mi_bench.health``), one note line each."""
+    return "".join(f'<p class="note"><span class="warn">{esc(line[0])}</span>{esc(line[1:])}</p>'
+                   for line in notes.lines())
+
+
+def _effects_html(effects: list[dict[str, Any]], rows: list[dict[str, Any]] | None = None) -> str:
     head, body = effects_rows(effects)
+    notes = HealthNotes()
+    if rows is not None:  # the eval judge's numbers of entries whose evaluator failed its health check
+        body = health_marked_effects(effects, head, body, rows, notes)
     keep = [i for i, h in enumerate(head) if h not in HIDDEN]
-    return (_md_table_html([head[i] for i in keep], [[c[i] for i in keep] for c in body])
+    return (_md_table_html([head[i] for i in keep], [[c[i] for i in keep] for c in body]) + _health_html(notes)
             + f'<p class="note">{esc(EFFECTS_NOTE.replace("`", "").replace("*", ""))}</p>')
 
 
@@ -201,7 +224,7 @@ table.board th,table.board td{border:1px solid #ddd;padding:3px 6px;text-align:r
 table.board td.txt,table.board th.txt{text-align:left}table.board th{background:#f3f3f5;cursor:pointer;user-select:none}
 table.board th[aria-sort=ascending]::after{content:" \\25B2"}table.board th[aria-sort=descending]::after{content:" \\25BC"}
 table.board tbody tr:nth-child(even){background:#fafafa}
-ol.notes{font-size:12px;color:#555;word-break:break-all}
+ol.notes{font-size:12px;color:#555;word-break:break-all}span.warn{color:#b45309;font-weight:bold}
 figure{margin:10px 0}img.plot{max-width:100%;border:1px solid #eee}
 .scroll{overflow-x:auto;max-width:100%}
 .gallery{display:flex;flex-wrap:wrap;gap:14px}.card{border:1px solid #ddd;border-radius:6px;padding:8px 10px;background:#fff}
@@ -271,6 +294,47 @@ JS = """
 """
 
 
+def _priors_html(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], o: ReportOptions) -> str:
+    """The section's priors: each distinct prior (artifact key) of its runs with its KID against
+    held-out public images (``protocol.prior_quality``, :mod:`mi_bench.prior_quality`) and its
+    sample grid; "" when no run of the section recorded one (older records)."""
+    from mi_bench.prior_quality import PRIOR_GRID, describe, describe_diversity
+    from mi_bench.results.gallery import grid_uri
+
+    priors: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for rid in row.get("run_ids", []):
+            rec = by_id.get(rid)
+            pq = ((rec or {}).get("protocol") or {}).get("prior_quality")
+            if not isinstance(pq, dict):
+                continue
+            key = ((rec.get("artifacts") or {}).get("prior") or {}).get("key") or f"run {rid}"
+            entry = priors.setdefault(key, {"pq": pq, "rec": rec, "runs": []})
+            entry["runs"].append(f"{rec.get('defense_label', '?')} seed {rec.get('seed', '?')}")
+    if not priors:
+        return ""
+    trs = []
+    for key, e in priors.items():
+        value, note = describe(e["pq"])
+        div = describe_diversity(e["pq"])  # a conditional prior (PLG-MI): its samples per class
+        if div is not None:
+            note += f"; per-class diversity {div[0]}: {div[1]}"
+        rec, grid = e["rec"], e["pq"].get("grid")
+        paths = ([Path(grid)] if grid else []) + ([Path(o.runs) / rec["run_id"] / PRIOR_GRID] if o.runs else [])
+        found = next((p for p in paths if p.is_file()), None)
+        img = (f'<img src="{grid_uri(found, 4 * o.thumb)}" alt="samples of prior {esc(key)}">' if found
+               else "no grid")
+        trs.append(f'<tr><td class="txt">{esc(key)}</td><td>{esc(value)}</td><td class="txt">{esc(note)}</td>'
+                   f'<td class="txt">{esc(", ".join(e["runs"]))}</td><td class="txt">{img}</td></tr>')
+    txt = ' class="txt"'
+    head = "".join(f"<th{'' if h == 'KID' else txt}>{h}</th>" for h in ("prior", "KID", "how", "runs", "samples"))
+    return ("<h3>Priors: KID of their samples against held-out public images</h3>"
+            f'<div class="scroll"><table class="board"><thead><tr>{head}</tr></thead><tbody>{"".join(trs)}'
+            '</tbody></table></div><p class="note">KID: unbiased MMD^2 (cubic kernel) in the evaluator\'s '
+            "features, ± std over subsets; about 0 when the prior's samples are distributed like real public "
+            "images, higher the further they are. n/a: the attack has no generative prior.</p>")
+
+
 def build_report(records: list[dict[str, Any]], rows: list[dict[str, Any]], *,
                  effects: list[dict[str, Any]] | None = None, margins: list[dict[str, Any]] | None = None,
                  sources: list[str] | None = None, filters: str = "",
@@ -290,18 +354,20 @@ def build_report(records: list[dict[str, Any]], rows: list[dict[str, Any]], *,
         toc.append(f'<li><a href="#{slug}">{esc(title)}</a> ({len(sec)} entries)</li>')
         part = [f'<section id="{slug}"><h2>{esc(title)}</h2>', "<h3>Leaderboard</h3>",
                 leaderboard_table(sec, slug), "<h3>Accuracy versus attack accuracy</h3>",
-                _figure(sec, title)]
+                _figure(sec, title), _priors_html(sec, by_id, o)]
         eff = [e for e in effects or [] if (e["dataset"], e["protocol"], e["attack"], e["preset"]) == key]
         if eff:
-            part += ["<h3>Defense effect against the published and matched baselines</h3>", _effects_html(eff)]
+            part += ["<h3>Defense effect against the published and matched baselines</h3>", _effects_html(eff, sec)]
         mar = [e for e in margins or [] if (e["dataset"], e["protocol"], e["attack"], e["preset"]) == key
                and e["margins"]]
         if mar:
             mh, mb = margin_rows(mar)
+            hn = HealthNotes()
+            mb = health_marked_margins(mar, mh, mb, sec, hn)  # judges that failed their health check
             keep = [i for i, h in enumerate(mh) if h not in HIDDEN]
             part += ["<h3>Margins over the calibration baselines</h3>",
                      _md_table_html([mh[i] for i in keep], [[c[i] for i in keep] for c in mb]),
-                     f'<p class="note">{esc(MARGIN_NOTE)}</p>']
+                     _health_html(hn), f'<p class="note">{esc(MARGIN_NOTE)}</p>']
         part += ["<h3>Gallery per defense</h3>", gallery.section(sec, by_id, slug), "</section>"]
         body.append("".join(part))
         log.info("report: %s (%d entries)", title, len(sec))

@@ -263,6 +263,14 @@ def load_records(path: str | Path, *, upgrade: bool = True) -> list[dict[str, An
         from mi_bench.record import upgrade_record
 
         recs = [upgrade_record(r) for r in recs]
+        # human labels exported beside a records file (labels/<run_id>.labels.json, as
+        # results/bench/ keeps them): the run folders they came from are not in the repository
+        copies = path.parent / "labels" if path.is_file() else None
+        if copies is not None and copies.is_dir():
+            for r in recs:
+                copy = copies / f"{r['run_id']}.labels.json"
+                if copy.is_file():
+                    r["labels_copy"] = str(copy)
     return sorted(recs, key=lambda r: (r["created_at"], r["run_id"]))
 
 

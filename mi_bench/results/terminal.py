@@ -12,7 +12,9 @@ caller prints at that width (the terminal wraps the lines).
 
 Cells: ``seeds`` is the number of seeds (with ``wide``: ``3 (0,1,2)``); ``n/a`` is a metric absent by
 design and ``failed`` a metric whose computation failed, each with a footnote marker giving the
-reason (listed under the tables); ``-`` is a metric that does not exist for the row.
+reason (listed under the tables); ``-`` is a metric that does not exist for the row; ``⚠`` after
+a number: it was computed with a target, evaluator or judge that failed its health check
+(``mi_bench.health``), the reason in the footnote of that number.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Footnotes:
     def lines(self) -> list[str]:
         out = []
         for (kind, reason), n in self.notes.items():
-            what = "n/a (absent by design)" if kind == "n/a" else "failed"
+            what = {"n/a": "n/a (absent by design)", "health": "health warning"}.get(kind, "failed")
             out.append(f"{str(n).translate(SUPERSCRIPT)} {what}, {', '.join(self.where[n])}: {reason}")
         return out
 
@@ -97,11 +99,14 @@ class _Col:
     @property
     def empty(self) -> bool:
         """No row has a value: every cell is ``-``, ``n/a`` or ``failed``."""
-        return self.key not in FIRST and all(c == "-" or w for c, w in zip(self.cells, self.why))
+        return self.key not in FIRST and all(c == "-" or (w and w[0] != "health")
+                                             for c, w in zip(self.cells, self.why))
 
     def marked(self, notes: Footnotes) -> _Col:
-        """A copy whose ``n/a`` and ``failed`` cells carry their footnote markers."""
-        cells = [c + notes.mark(w[0], w[1], self.header) if w else c for c, w in zip(self.cells, self.why)]
+        """A copy whose ``n/a`` and ``failed`` cells carry their footnote markers, and numbers
+        computed with a classifier that failed its health check ``⚠`` and theirs."""
+        cells = [c + " ⚠" + ",".join(notes.mark("health", r, self.header) for r in w[1]) if w and w[0] == "health"
+                 else c + notes.mark(w[0], w[1], self.header) if w else c for c, w in zip(self.cells, self.why)]
         return _Col(self.key, self.header, cells, self.wrap, self.why)
 
 
@@ -137,6 +142,8 @@ def _section_columns(rows: list[dict[str, Any]], wide: bool) -> list[_Col]:
                 w = ("n/a", r["absent_reasons"][key])
             elif c == "failed" and key in r.get("failed_reasons", {}):
                 w = ("failed", r["failed_reasons"][key])
+            elif c not in ("-", "n/a", "failed") and (r.get("health") or {}).get(key):
+                w = ("health", tuple(r["health"][key]))  # mi_bench.health: the reasons
             cells.append(c)
             why.append(w)
         out.append(_Col(key, head, cells, wrap=key == "defense", why=why))
@@ -200,7 +207,7 @@ def _missing_line(cols: list[_Col], notes: Footnotes) -> Text | None:
     parts = []
     for c in cols:
         marked = c.marked(notes)
-        kinds = sorted({marked.cells[i] for i, w in enumerate(c.why) if w})
+        kinds = sorted({marked.cells[i] for i, w in enumerate(c.why) if w and w[0] != "health"})
         if kinds:
             parts.append(f"{c.header} {' / '.join(kinds)}")
     return Text("In every row: " + ", ".join(parts), style="dim") if parts else None

@@ -5,7 +5,9 @@ and validated before any work, and the artifacts each cell would train.
 field's documented range (``param(..., sweep=(...))``): ``defense=bido defense.lambda_y=@sweep``
 runs BiDO at each strength its plugin documents. Each cell is identified by its config hash (what
 it computes; threads, device and paths left out). When no ``seed=`` is given the sweep runs seeds
-0, 1 and 2: a comparison with a matched baseline needs at least three.
+0, 1 and 2: a comparison with a matched baseline needs at least three. ``seeds=N`` runs seeds
+0..N-1 (``results/bench/power.md`` says how many a 10- or 20-point change needs); it and ``seed=``
+together are refused.
 """
 
 from __future__ import annotations
@@ -87,10 +89,32 @@ def documented_ranges(overrides: Sequence[str]) -> list[str]:
     return out
 
 
+SEED_COUNT = "seeds"  # seeds=N: target seeds 0..N-1 (a sweep option, not a config field)
+
+
+def seed_count(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with ``seeds=N`` replaced by ``seed=0,1,...,N-1``. ConfigError when N is
+    not a positive integer, when ``seeds=`` is given twice, or together with ``seed=``."""
+    counts = [t for t in overrides if t.partition("=")[0] == SEED_COUNT]
+    if not counts:
+        return list(overrides)
+    if len(counts) > 1:
+        raise ConfigError(f"{' and '.join(counts)}: give seeds=N once")
+    if any(t.partition("=")[0] == "seed" for t in overrides):
+        given = next(t for t in overrides if t.partition("=")[0] == "seed")
+        raise ConfigError(f"{counts[0]} and {given} both choose the seeds: give seeds=N (seeds 0..N-1) "
+                          "or seed=a,b,c, not both")
+    value = counts[0].partition("=")[2]
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{counts[0]}: seeds=N takes a positive number of target seeds, e.g. seeds=5")
+    return [f"seed={','.join(map(str, range(int(value))))}" if t == counts[0] else t for t in overrides]
+
+
 def expand(overrides: Sequence[str]) -> list[list[str]]:
     """The cartesian product of comma-separated values (``key=@sweep``: the field's documented
-    range, :func:`documented_ranges`); ``seed=0,1,2`` when no seed is given."""
-    tokens = documented_ranges(overrides)
+    range, :func:`documented_ranges`; ``seeds=N``: seeds 0..N-1, :func:`seed_count`);
+    ``seed=0,1,2`` when no seed is given."""
+    tokens = documented_ranges(seed_count(overrides))
     if not any(t.partition("=")[0] == "seed" for t in tokens):
         tokens.append(f"seed={DEFAULT_SEEDS}")
     return [list(c) for c in itertools.product(*[_expand(t) for t in tokens])]

@@ -1,0 +1,74 @@
+"""A cap on the inversion: ``attack.max_latents=N`` (:class:`mi_bench.interfaces.AttackConfig`).
+
+Inversion can dominate a run (a folder of 50 people at 20 latents each: 642 of 992 s). With a cap
+of ``N`` latents and ``L`` latents per class (:meth:`Attack.latents_per_class`: samples per class
+x restarts), a run inverts ``k = N // L`` of the classes it would attack (``classes=``, or all
+private classes), never more than there are, and states the rest as left out.
+
+Which classes (the rule, reproducible and independent of library versions): the requested
+classes are ranked by ``sha256("<run seed>:<class>")`` (hex digest, ascending) and the first
+``k`` are attacked, in ascending class order. The same seed attacks the same classes; a larger cap
+attacks a superset of a smaller one's classes; another seed draws another subset.
+
+The cap and what it left out are stated in the record (``protocol.inversion.cap``) and the run
+table. ``max_latents=0`` (the default) caps nothing and leaves every config hash as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from mi_bench.errors import ConfigError
+from mi_bench.registry import ATTACKS
+
+RULE = ("the k = max_latents // latents_per_class requested classes with the smallest "
+        "sha256('<run seed>:<class>') hex digest, attacked in ascending order")
+
+
+def latents_per_class(attack_cfg: Any) -> int:
+    """Latents per attacked class of the attack configured by ``attack_cfg`` (its plugin's rule)."""
+    cls = ATTACKS.get(attack_cfg.name)
+    return int(cls.latents_per_class(attack_cfg))
+
+
+def rank(classes: list[int], seed: int) -> list[int]:
+    """``classes`` in the cap's order: by ``sha256("<seed>:<class>")``, ascending."""
+    return sorted(classes, key=lambda c: hashlib.sha256(f"{seed}:{int(c)}".encode()).hexdigest())
+
+
+def cap_classes(classes: list[int], attack_cfg: Any, seed: int) -> tuple[list[int], dict[str, Any] | None]:
+    """The classes to invert under ``attack_cfg.max_latents`` and the cap's statement for the
+    record (None without a cap: ``max_latents`` 0 or absent from the plugin's config).
+
+    Raises :class:`ConfigError` when the cap is below one class's latents."""
+    n_max = int(getattr(attack_cfg, "max_latents", 0) or 0)
+    if n_max <= 0:
+        return list(classes), None
+    per = latents_per_class(attack_cfg)
+    if n_max < per:
+        raise ConfigError(
+            f"attack.max_latents={n_max} is below the {per} latents of one class (samples_per_class x "
+            f"restarts): raise it to at least {per}, or lower attack.samples_per_class")
+    k = min(len(classes), n_max // per)
+    attacked = sorted(rank(list(classes), seed)[:k])
+    left_out = sorted(c for c in classes if c not in set(attacked))
+    statement = {
+        "max_latents": n_max, "latents_per_class": per, "latents": k * per,
+        "classes_requested": len(classes), "classes_attacked": len(attacked),
+        "attacked": attacked, "left_out": left_out, "binding": bool(left_out), "seed": seed,
+        "rule": RULE,
+    }
+    return attacked, statement
+
+
+def describe(cap: dict[str, Any]) -> tuple[str, str]:
+    """The run table's row for a cap: (value, protocol)."""
+    value = f"{cap['classes_attacked']} of {cap['classes_requested']} classes"
+    where = (f"attack.max_latents={cap['max_latents']} ({cap['latents_per_class']} latents per class, "
+             f"{cap['latents']} inverted); ")
+    if cap["left_out"]:
+        where += f"left out (not attacked): {cap['left_out']}; chosen by seed {cap['seed']}: {cap['rule']}"
+    else:
+        where += "not reached: every requested class attacked"
+    return value, where
