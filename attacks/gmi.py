@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class GMIConfig(AttackConfig):
+class GMIFields(AttackConfig):
     # prior (WGAN-GP); these fields form the prior's cache key
     latent_dim: int = param(100, ge=1, prior=True, help="latent size")
     gan_width: int = param(64, ge=4, prior=True, help="GAN base channels (64 = published)")
@@ -71,22 +71,11 @@ class GMIConfig(AttackConfig):
     clamp: float = param(1.0, gt=0.0, help="z is clamped to [-clamp, clamp] after each step")
     restarts: int = param(5, ge=1, help="random restarts per sample; best by target logit kept")
     samples_per_class: int = param(5, ge=1, help="independent samples kept per class")
-    # LOMMA (attacks/lomma.py): off by default; the lomma_* settings matter only with lomma=true
-    lomma: bool = param(False, neutral_default=True, help=lomma_lib.HELP["lomma"])
-    lomma_lambda: float = param(1.0, ge=0.0, neutral_default=True, only_with="lomma",
-                                help=lomma_lib.HELP["lambda"])
-    lomma_surrogates: str = param("efficientnet", neutral_default=True, only_with="lomma",
-                                  help=lomma_lib.HELP["surrogates"])
-    lomma_width: float = param(1.0, gt=0.0, le=4.0, neutral_default=True, only_with="lomma",
-                               help=lomma_lib.HELP["width"])
-    lomma_epochs: int = param(20, ge=1, neutral_default=True, only_with="lomma",
-                              help=lomma_lib.HELP["epochs"])
-    lomma_lr: float = param(0.02, gt=0.0, neutral_default=True, only_with="lomma", help=lomma_lib.HELP["lr"])
-    lomma_batch_size: int = param(64, ge=2, neutral_default=True, only_with="lomma",
-                                  help=lomma_lib.HELP["batch_size"])
-    lomma_n_public: int = param(5050, ge=1, neutral_default=True, only_with="lomma",
-                                help=lomma_lib.HELP["n_public"])
-    lomma_weights: str = param("", neutral_default=True, only_with="lomma", help=lomma_lib.HELP["weights"])
+
+
+@dataclass
+class GMIConfig(lomma_lib.LommaFields, GMIFields):
+    """GMI's settings, then LOMMA's (attacks/lomma.py)."""
 
 
 @register_attack("gmi")

@@ -153,7 +153,7 @@ class KEDDiscriminator(nn.Module):
 # -- plugin ------------------------------------------------------------------------------------
 
 @dataclass
-class KEDMIConfig(AttackConfig):
+class KEDMIFields(AttackConfig):
     # prior (GAN) -------------------------------------------------------------------------------
     latent_dim: int = param(100, ge=1, prior=True, help="latent size of G (published: 100)")
     gen_width: int = param(64, ge=1, prior=True, help="G base width (64 = published)")
@@ -186,22 +186,11 @@ class KEDMIConfig(AttackConfig):
     clip: float = param(1.0, gt=0.0, help="latent clamp range")
     samples_per_class: int = param(5, ge=1, help="samples drawn per class from the learned "
                                    "distribution; all are returned and scored")
-    # LOMMA (attacks/lomma.py): off by default; the lomma_* settings matter only with lomma=true
-    lomma: bool = param(False, neutral_default=True, help=lomma_lib.HELP["lomma"])
-    lomma_lambda: float = param(1.0, ge=0.0, neutral_default=True, only_with="lomma",
-                                help=lomma_lib.HELP["lambda"])
-    lomma_surrogates: str = param("efficientnet", neutral_default=True, only_with="lomma",
-                                  help=lomma_lib.HELP["surrogates"])
-    lomma_width: float = param(1.0, gt=0.0, le=4.0, neutral_default=True, only_with="lomma",
-                               help=lomma_lib.HELP["width"])
-    lomma_epochs: int = param(20, ge=1, neutral_default=True, only_with="lomma",
-                              help=lomma_lib.HELP["epochs"])
-    lomma_lr: float = param(0.02, gt=0.0, neutral_default=True, only_with="lomma", help=lomma_lib.HELP["lr"])
-    lomma_batch_size: int = param(64, ge=2, neutral_default=True, only_with="lomma",
-                                  help=lomma_lib.HELP["batch_size"])
-    lomma_n_public: int = param(5050, ge=1, neutral_default=True, only_with="lomma",
-                                help=lomma_lib.HELP["n_public"])
-    lomma_weights: str = param("", neutral_default=True, only_with="lomma", help=lomma_lib.HELP["weights"])
+
+
+@dataclass
+class KEDMIConfig(lomma_lib.LommaFields, KEDMIFields):
+    """KED-MI's settings, then LOMMA's (attacks/lomma.py)."""
 
 
 @register_attack("kedmi")

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mi_bench.api import MODELS, build_model, frozen, load_prefixed, prefixed, to_device
+from mi_bench.api import MODELS, build_model, frozen, load_prefixed, param, prefixed, to_device
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,29 @@ HELP = {
     "weights": "LOMMA: folder of torchvision's EfficientNet files ('' = the torch hub cache, "
                "$TORCH_HOME/hub/checkpoints)",
 }
+
+
+@dataclass
+class LommaFields:
+    """The LOMMA settings GMI's and KED-MI's configs share (a mixin listed first in their bases,
+    so these fields come last): off by default; the ``lomma_*`` settings matter only with
+    ``lomma=true`` and stay out of every config hash and artifact key until then."""
+
+    lomma: bool = param(False, neutral_default=True, help=HELP["lomma"])
+    lomma_lambda: float = param(1.0, ge=0.0, neutral_default=True, only_with="lomma",
+                                help=HELP["lambda"])
+    lomma_surrogates: str = param("efficientnet", neutral_default=True, only_with="lomma",
+                                  help=HELP["surrogates"])
+    lomma_width: float = param(1.0, gt=0.0, le=4.0, neutral_default=True, only_with="lomma",
+                               help=HELP["width"])
+    lomma_epochs: int = param(20, ge=1, neutral_default=True, only_with="lomma",
+                              help=HELP["epochs"])
+    lomma_lr: float = param(0.02, gt=0.0, neutral_default=True, only_with="lomma", help=HELP["lr"])
+    lomma_batch_size: int = param(64, ge=2, neutral_default=True, only_with="lomma",
+                                  help=HELP["batch_size"])
+    lomma_n_public: int = param(5050, ge=1, neutral_default=True, only_with="lomma",
+                                help=HELP["n_public"])
+    lomma_weights: str = param("", neutral_default=True, only_with="lomma", help=HELP["weights"])
 
 
 @dataclass(frozen=True)

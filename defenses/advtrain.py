@@ -39,10 +39,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from mi_bench.api import Defense, PluginConfig, param, register_defense
+from mi_bench.api import Defense, PluginConfig, param, pgd, register_defense
 
 
 @dataclass
@@ -58,57 +56,6 @@ class AdvTrainConfig(PluginConfig):
                             "(false: adversarial only, Madry et al.)")
 
 
-def _per_image(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * 3))
-
-
-def project(delta: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
-    """``delta`` projected onto the ``norm`` ball of radius ``eps``, then ``x + delta`` onto the
-    box [0, 1] (the box step only shrinks coordinates, so the result stays in the ball)."""
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        n = delta.flatten(1).norm(dim=1)
-        delta = delta * _per_image((eps / n.clamp_min(1e-12)).clamp(max=1.0))
-    return (x + delta).clamp(0, 1) - x
-
-
-def pgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float,
-                 steps: int, step_size: float = 0.0, random_start: bool = True) -> torch.Tensor:
-    """Untargeted PGD adversarial examples of ``x`` (in [0, 1]) for labels ``y``: within the
-    ``norm`` ball of radius ``eps`` and in [0, 1]; ``model`` in eval mode while attacked (its mode
-    restored), gradients to the input only. ``eps <= 0`` returns ``x`` itself."""
-    if norm not in ("l2", "linf"):
-        raise ValueError(f"advtrain: norm={norm!r}: use l2 or linf")
-    if eps <= 0:
-        return x
-    step = step_size or 2.5 * eps / steps
-    x = x.detach()
-    if not random_start:
-        delta = torch.zeros_like(x)
-    elif norm == "linf":
-        delta = (torch.rand_like(x) * 2 - 1) * eps
-    else:
-        r = torch.randn_like(x)
-        r = r / _per_image(r.flatten(1).norm(dim=1).clamp_min(1e-12))
-        delta = r * eps * _per_image(torch.rand(len(x), device=x.device, dtype=x.dtype))
-    delta = project(delta, x, norm, eps)
-    was = model.training
-    model.eval()
-    try:
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y)
-            (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                if norm == "linf":
-                    delta = delta + step * grad.sign()
-                else:
-                    delta = delta + step * grad / _per_image(grad.flatten(1).norm(dim=1).clamp_min(1e-12))
-                delta = project(delta, x, norm, eps)
-    finally:
-        model.train(was)
-    return (x + delta).detach()
 
 
 @register_defense("advtrain")
@@ -138,7 +85,7 @@ class AdversarialTraining(Defense):
         c = self.cfg
         if c.eps <= 0:
             return x, y
-        adv = pgd_examples(model, x, y, norm=c.norm, eps=c.eps, steps=c.steps,
+        adv = pgd(model, x, y, norm=c.norm, eps=c.eps, steps=c.steps,
                            step_size=c.step_size, random_start=c.random_start)
         self.batches += 1
         if c.mix_clean:

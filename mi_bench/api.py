@@ -38,6 +38,7 @@ Targets handed to an attack satisfy :class:`Classifier` (``embed``, ``head``, ``
 
 from __future__ import annotations
 
+from mi_bench.adversarial import pgd
 from mi_bench.attacks.common import (
     DCGANGenerator, WGANCritic, frozen, gradient_penalty, load_prefixed, n_stages, prefixed,
     sample_batches, target_probs,
@@ -69,6 +70,8 @@ __all__ = [
     # dependence measures for defenses (mi_bench.hsic)
     "dependence", "dependence_of", "gaussian_kernel", "kernel_from_sq", "label_kernel", "prepare",
     "sq_distances",
+    # adversarial examples (mi_bench.adversarial: the robust judge's PGD)
+    "pgd",
     # device and loop helpers (mi_bench.runtime)
     "FiniteCheck", "GraphedStep", "gather", "host_floats", "to_device", "upload",
 ]

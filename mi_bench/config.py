@@ -78,7 +78,7 @@ from mi_bench.health import HealthConfig
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
 from mi_bench.params import param, strip_neutral, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, unknown_choice_message
-from mi_bench.runtime import AMP_CHOICES, COMPILE_CHOICES
+from mi_bench.runtime import AMP_CHOICES, CHANNELS_LAST_CHOICES, COMPILE_CHOICES
 from mi_bench.train import TrainConfig
 
 GROUPS = ("preset", "dataset", "defense", "attack")
@@ -154,6 +154,9 @@ class RunConfig:
                          help="torch.compile mode for classifier and GAN training (reduce-overhead "
                          "= CUDA graphs); off = eager")
     tf32: bool = param(True, help="CUDA only: TF32 for float32 matmuls and convolutions")
+    channels_last: str = param("auto", choices=CHANNELS_LAST_CHOICES,
+                               help="classifier training in channels-last memory format: auto = on the "
+                               "CPU for the families measured faster (results/bench/cpu_speed.md)")
     cuda_graph: bool = param(False, help="CUDA only: the GMI prior's whole training step (5 critic "
                              "steps with the gradient penalty, the generator step) captured as one "
                              "CUDA graph and replayed (3.2x faster on an H200; its random stream "
@@ -550,9 +553,9 @@ def to_yaml(cfg: RunConfig) -> str:
 
 # Fields that do not change what a run computes (where or how fast it runs, where it writes, how its
 # numbers are read: the ``health`` thresholds).
-# Like ``device``, ``compile`` and ``tf32`` change float rounding only.
-NON_SEMANTIC = ("threads", "device", "compile", "tf32", "data_root", "cache_dir", "results_db",
-                "results_dir", "slurm", "progress_interval_s", "health")
+# Like ``device``, ``compile``, ``tf32`` and ``channels_last`` change float rounding only.
+NON_SEMANTIC = ("threads", "device", "compile", "tf32", "channels_last", "data_root", "cache_dir",
+                "results_db", "results_dir", "slurm", "progress_interval_s", "health")
 # Semantic fields left out of the hash at their default, so adding them kept every earlier hash.
 HASH_NEUTRAL_DEFAULTS = {"amp": "off", "cuda_graph": False}
 

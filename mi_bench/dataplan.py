@@ -89,6 +89,15 @@ class StepClock:
         self.device = device
         self.tasks: list[dict[str, Any]] = []
 
+    @contextmanager
+    def stage(self, *_args: Any, **_kw: Any) -> Iterator[None]:
+        yield
+
+    def __getattr__(self, name: str) -> Any:  # anything else Bars offers: as the silent Bars
+        from mi_bench.runtime import NULL_BARS
+
+        return getattr(NULL_BARS, name)
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -119,7 +128,7 @@ class StepClock:
 
 
 def _classifier_rate(make, data: tuple[torch.Tensor, torch.Tensor], tcfg: Any, *, defense: Any,
-                     device: torch.device) -> tuple[float, float]:
+                     device: torch.device, accel: Any) -> tuple[float, float]:
     """(seconds per training batch, seconds per validation image) of the trainer on ``data``."""
     from mi_bench.train import accuracy, train_classifier
 
@@ -129,7 +138,7 @@ def _classifier_rate(make, data: tuple[torch.Tensor, torch.Tensor], tcfg: Any, *
     mini = dataclasses.replace(tcfg, epochs=2, milestones=[])
     clock = StepClock(device)
     res = train_classifier(make, (x[idx], y[idx]), (x[idx[:8]], y[idx[:8]]), mini, seed=0, defense=defense,
-                           device=device, bars=clock, desc="timing")  # type: ignore[arg-type]
+                           device=device, bars=clock, desc="timing", accel=accel)  # type: ignore[arg-type]
     rec = clock.tasks[-1]
     batches = max(1, res.history[-1]["batches"])
     per_batch = (rec["times"][-1] - rec["times"][-2]) / batches
@@ -162,7 +171,7 @@ def _stage(what: str, steps: str, estimate: float | None, *, per_step: float | N
 
 
 def estimate_stages(cfg: RunConfig, splits: Any, classes: list[int], *, store: Any,
-                    device: torch.device) -> list[dict[str, Any]]:
+                    device: torch.device, accel: Any = None) -> list[dict[str, Any]]:
     """Each stage's estimated seconds (see the module doc). A stage that cannot be timed here
     says why in its ``note`` (``estimate_s`` None)."""
     from mi_bench.judges import JudgeRecipe
@@ -170,6 +179,10 @@ def estimate_stages(cfg: RunConfig, splits: Any, classes: list[int], *, store: A
     from mi_bench.stages import artifact_plan, judge_specs, make_attack, make_defense, target_factory
     from mi_bench.train import pretrain_config, pretrain_set
 
+    from mi_bench.runtime import NO_ACCEL, Accel
+
+    accel = accel or NO_ACCEL  # the run's performance options: the target's and prior's, as in a run
+    judge_accel = Accel(compile=accel.compile, channels_last=accel.channels_last)  # judges: float32
     plan = artifact_plan(cfg, splits)  # the keys a run would train or load (checks the target first)
     cached = {stage: store.exists(kind, key) for stage, (kind, key) in plan.items()}
     out: list[dict[str, Any]] = []
@@ -181,7 +194,9 @@ def estimate_stages(cfg: RunConfig, splits: Any, classes: list[int], *, store: A
             out.append(_stage(stage, steps, 0.0, cached=True, note="in the cache: loaded, not trained"))
             return
         try:
-            per_batch, per_img = _classifier_rate(make, train, tcfg, defense=defense, device=device)
+            per_batch, per_img = _classifier_rate(
+                make, train, tcfg, defense=defense, device=device,
+                accel=accel if stage in ("target", "pretrain") else judge_accel)
         except Exception as exc:  # noqa: BLE001 - e.g. a privacy accountant refusing 2 steps of 1 batch
             out.append(_stage(stage, steps, None, note=f"not timed: {type(exc).__name__}: "
                                                        f"{str(exc).splitlines()[0] if str(exc) else ''}"))
@@ -231,6 +246,7 @@ def estimate_stages(cfg: RunConfig, splits: Any, classes: list[int], *, store: A
         real_steps = getattr(a, "gan_steps", None)
         mini_cfg = dataclasses.replace(a, gan_steps=min(MINI_STEPS, real_steps)) if real_steps else a
         attack = make_attack(dataclasses.replace(cfg, attack=mini_cfg), splits, device)
+        attack.accel = accel
         per_target = attack_cls.requirements.prior == "per_target"
         clock = StepClock(device)
         t0 = time.perf_counter()
@@ -258,12 +274,30 @@ def estimate_stages(cfg: RunConfig, splits: Any, classes: list[int], *, store: A
     if "aux" in plan:
         out.append(_stage("inversion", "-", None, note="LOMMA inversion: not estimated"))
         return out
+    est, per, what = time_inversion(cfg, splits, target, prior, classes, device=device, accel=accel)
+    out.append(_stage("inversion", what, est, per_step=per,
+                      note=f"{len(classes) * latents_per_class(a):,} latents at once"))
+    return out
+
+
+def time_inversion(cfg: RunConfig, splits: Any, target: torch.nn.Module, prior: dict[str, torch.Tensor],
+                   classes: list[int], *, device: torch.device, accel: Any = None
+                   ) -> tuple[float, float | None, str]:
+    """(estimated seconds, seconds per step, what the steps are) of the attack's inversion of
+    ``classes``: its ``invert`` with 2 iterations (without ``iterations``: one sample per class),
+    the second step times the configured steps, plus the first step's extra time once. Also
+    used by ``attack.time_budget_s`` (:func:`mi_bench.inversion_cap.budget_classes`)."""
+    from mi_bench.runtime import NO_ACCEL
+    from mi_bench.stages import make_attack
+
+    a = cfg.attack
     if hasattr(a, "iterations"):
         field, real = "iterations", a.iterations
     else:
         field, real = "samples_per_class", getattr(a, "samples_per_class", 1)
     mini = dataclasses.replace(a, **{field: min(MINI_STEPS if field == "iterations" else 1, real)})
     attack = make_attack(dataclasses.replace(cfg, attack=mini), splits, device)
+    attack.accel = accel or NO_ACCEL
     clock = StepClock(device)
     t0 = time.perf_counter()
     attack.invert(target, prior, classes, seed=cfg.seed, progress=clock)
@@ -274,12 +308,8 @@ def estimate_stages(cfg: RunConfig, splits: Any, classes: list[int], *, store: A
         rec = clock.tasks[-1]
         per, extra = StepClock.rates(rec)
         scale = real / getattr(mini, field)
-        est = extra + per * rec["steps"][-1] * scale
-    else:
-        per, est = None, wall * real / max(1, getattr(mini, field))
-    out.append(_stage("inversion", what, est, per_step=per,
-                      note=f"{len(classes) * latents_per_class(a):,} latents at once"))
-    return out
+        return extra + per * rec["steps"][-1] * scale, per, what
+    return wall * real / max(1, getattr(mini, field)), None, what
 
 
 # -- warnings -----------------------------------------------------------------------------------
@@ -349,8 +379,15 @@ def plan(cfg: RunConfig, *, measure: bool = True) -> dict[str, Any]:
     stages = None
     t_measure = time.perf_counter()
     if measure:
-        stages = estimate_stages(cfg, splits, classes, store=runner.store, device=runner.device)
+        stages = estimate_stages(cfg, splits, classes, store=runner.store, device=runner.device,
+                                 accel=runner.accel)
     measure_s = time.perf_counter() - t_measure
+    budget = float(getattr(a, "time_budget_s", 0.0) or 0.0)
+    inv_est = next((s["estimate_s"] for s in stages or [] if s["stage"] == "inversion"), None)
+    if budget > 0 and inv_est:  # attack.time_budget_s: what the run's own timing would likely keep
+        n = len(classes)
+        inversion["time_budget"] = {"budget_s": budget, "estimate_s": inv_est,
+                                    "classes_fitting": n if inv_est <= budget else max(1, int(n * budget / inv_est))}
     public_ids = counts["public"]["identities"]
     return {
         "dataset": splits.name, "protocol": splits.protocol, "preset": cfg.preset,
@@ -398,6 +435,11 @@ def render(p: dict[str, Any]) -> str:
         from mi_bench.inversion_cap import describe
 
         lines.append(f"  cap: {describe(inv['cap'])[1]}")
+    tb = inv.get("time_budget")
+    if tb:
+        lines.append(f"  time budget: attack.time_budget_s={tb['budget_s']:g} against an estimated "
+                     f"{_fmt_s(tb['estimate_s'])}: about {tb['classes_fitting']} of {inv['classes_attacked']} "
+                     "classes fit (the run times its own inversion and decides)")
     if p["stages"] is not None:
         m = p["machine"]
         lines.append(f"estimated time on this machine ({m['device']}, threads={m['threads']}; "

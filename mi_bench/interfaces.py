@@ -177,6 +177,11 @@ class AttackConfig(PluginConfig):
         help="cap on the latents the inversion makes (0 = none): only max_latents // (latents per "
         "class: samples_per_class x restarts) of the attacked classes are inverted, chosen by the "
         "run seed (mi_bench.inversion_cap); the record and the run table say which were left out")
+    time_budget_s: float = param(
+        0.0, ge=0.0, neutral_default=True,
+        help="seconds the inversion may take (0 = no limit): two iterations are timed first and "
+        "only as many classes as fit are inverted (max_latents's rule picks them; how many depends "
+        "on this machine's speed, and the record states the timing)")
 
 
 @dataclass

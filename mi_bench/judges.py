@@ -92,6 +92,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mi_bench.adversarial import pgd  # the robust judge's attack (importable from here too)
 from mi_bench.interfaces import Defense
 from mi_bench.params import param
 from mi_bench.stats import wilson_interval
@@ -294,41 +295,6 @@ def background_noise(x: torch.Tensor, amplitude: float, *,
 
 # -- adversarial examples ------------------------------------------------------------------------
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, steps: int,
-        step_size: float = 0.0) -> torch.Tensor:
-    """Untargeted PGD (Madry et al. 2018) maximising cross-entropy within an L2 or L-inf ball of
-    radius ``eps`` around ``x`` (kept in [0, 1]), from a random start; ``model`` in eval mode
-    while attacked, its mode restored after. Gradients flow to the input only."""
-    if eps <= 0:
-        return x.detach()
-    step = step_size or 2.5 * eps / steps
-    was = model.training
-    model.eval()
-    x = x.detach()
-    if norm == "linf":
-        delta = (torch.rand_like(x) * 2 - 1) * eps
-    else:
-        r = torch.randn_like(x)
-        r = r / r.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        delta = r * eps * torch.rand(len(x), 1, 1, 1, device=x.device)
-    delta = (x + delta).clamp(0, 1) - x
-    try:
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            loss = F.cross_entropy(model(x + delta), y)
-            (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                if norm == "linf":
-                    delta = (delta + step * grad.sign()).clamp(-eps, eps)
-                else:
-                    gn = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-                    delta = delta + step * grad / gn
-                    dn = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-                    delta = delta * (eps / dn.clamp_min(1e-12)).clamp(max=1.0)
-                delta = (x + delta).clamp(0, 1) - x
-    finally:
-        model.train(was)
-    return (x + delta).detach()
 
 
 # -- training recipe -----------------------------------------------------------------------------

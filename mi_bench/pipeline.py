@@ -31,7 +31,7 @@ from mi_bench.config import RunConfig
 from mi_bench.data import DataSplits, load_splits, resolve_data_root
 from mi_bench.errors import ArtifactError, ResultsError
 from mi_bench.interfaces import Inversion
-from mi_bench.inversion_cap import cap_classes
+from mi_bench.inversion_cap import budget_classes, cap_classes
 from mi_bench.judges import Judge
 from mi_bench.labelling import copy_labels
 from mi_bench.prior_quality import PRIOR_GRID, prior_quality, write_prior_grid
@@ -59,7 +59,8 @@ class Runner:
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.device_settings = configure_device(self.device, cfg.tf32)
-        self.accel = Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph)
+        self.accel = Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph,
+                           channels_last=cfg.channels_last)
         self.store = ArtifactStore(resolve_cache_dir(cfg.cache_dir))
 
     def stages(self, splits: DataSplits) -> Stages:
@@ -69,7 +70,8 @@ class Runner:
     def load_splits(self) -> tuple[DataSplits, float]:
         """The run's data and the seconds it took to load."""
         t0 = time.perf_counter()
-        splits = load_splits(self.cfg.dataset, resolve_data_root(self.cfg.data_root), cache_dir=self.store.root)
+        with self.bars.stage(f"data ({self.cfg.dataset.name})"):
+            splits = load_splits(self.cfg.dataset, resolve_data_root(self.cfg.data_root), cache_dir=self.store.root)
         return splits, round(time.perf_counter() - t0, 3)
 
     def run(self) -> dict[str, Any]:
@@ -97,12 +99,15 @@ class Runner:
                 attack, prior, judges["eval"].model, splits, n=cfg.eval.prior_kid_samples, seed=cfg.seed,
                 collapse_ratio=cfg.judge.collapse_ratio)
         with stages.timed("inversion"):
+            # attack.time_budget_s: two timed iterations decide how many classes fit (None: no budget)
+            classes, cap = budget_classes(cfg, splits, target, prior, classes, cap, device=self.device,
+                                          accel=self.accel)
             inversion = attack.invert(target, prior, classes, seed=cfg.seed, progress=self.bars)
         # scored as saved (8-bit), so `mi-bench rescore` of this run reproduces its numbers exactly
         inversion = dataclasses.replace(inversion, images=quantize(inversion.images))
         if cap is not None:  # stated in the record (protocol.inversion.cap) and the run table
             inversion = dataclasses.replace(inversion, protocol={**inversion.protocol, "cap": cap})
-        with stages.timed("scoring"):
+        with stages.timed("scoring"), self.bars.stage("scoring"):
             metrics = Scorer(cfg, splits, device=self.device, store=self.store).score(inversion, judges, target_acc)
         return self._store(run_id, t_start, splits, stages, classes, inversion, judges, metrics,
                            requirements=dataclasses.asdict(attack.requirements))
@@ -139,7 +144,7 @@ class Runner:
         inversion = Inversion(images, classes, protocol=protocol.get("inversion") or {})
         if protocol.get("prior_quality") is not None:  # the prior is the old run's: so is its KID
             stages.prior_quality = dict(protocol["prior_quality"])
-        with stages.timed("scoring"):
+        with stages.timed("scoring"), self.bars.stage("scoring"):
             metrics = Scorer(cfg, splits, device=self.device, store=self.store).score(inversion, judges, target_acc)
         kept = ("target", "prior")
         artifacts = {**{k: v for k, v in (source.get("artifacts") or {}).items() if k in kept},

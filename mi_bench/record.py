@@ -47,7 +47,7 @@ from mi_bench.config import RunConfig, config_hash, to_dict
 from mi_bench.data import DatasetConfig
 from mi_bench.errors import ConfigError
 from mi_bench.params import label_fields
-from mi_bench.runtime import Accel, configure_device
+from mi_bench.runtime import Accel, configure_device, cpu_has_native_bf16
 from mi_bench.stats import wilson_interval
 
 SCHEMA_VERSION = 2
@@ -97,13 +97,17 @@ def versions() -> dict[str, str]:
 
 def machine(cfg: RunConfig, device: torch.device, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Where the run ran and how: platform, threads, device, the performance options (``amp``,
-    ``compile``, host reads every N steps) and, on CUDA, the GPU, its memory and capability,
+    ``compile``, host reads every N steps), ``channels_last``, whether the CPU has
+    native bfloat16 (``cpu_native_bf16``; without it ``amp=bf16`` ran float32 on the CPU and
+    ``accel.amp_effective`` says ``off``) and, on CUDA, the GPU, its memory and capability,
     the CUDA/cuDNN versions and the backend settings (cuDNN benchmark, TF32)."""
     import os
 
     info = {"platform": platform.platform(), "processor": platform.machine(),
             "cpu_count": os.cpu_count(), "threads": cfg.threads, "device": str(device),
-            "accel": Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph).record(device)}
+            "accel": Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph,
+                           channels_last=cfg.channels_last).record(device),
+            "channels_last": cfg.channels_last, "cpu_native_bf16": cpu_has_native_bf16()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info["gpu"] = torch.cuda.get_device_name(device)

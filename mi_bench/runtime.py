@@ -43,6 +43,8 @@ from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
 )
 
+from mi_bench.cpu import CHANNELS_LAST_CHOICES, bf16_runs, cpu_has_native_bf16, train_memory_format
+
 console = Console(stderr=True)  # logs, progress bars, errors
 
 
@@ -122,6 +124,7 @@ class Accel:
     compile: str = "off"
     sync_every: int = 0
     graph: bool = False  # whole-step CUDA graph where a loop supports it (GMI prior); CUDA only
+    channels_last: str = "never"  # classifier training layout: auto (per family, CPU) / always / never
 
     def graphed(self, device: torch.device | str) -> bool:
         """Whether loops that support it capture their whole step as a CUDA graph on ``device``."""
@@ -132,6 +135,9 @@ class Accel:
             raise ValueError(f"amp={self.amp!r}: use one of {', '.join(AMP_CHOICES)}")
         if self.compile not in COMPILE_CHOICES:
             raise ValueError(f"compile={self.compile!r}: use one of {', '.join(COMPILE_CHOICES)}")
+        if self.channels_last not in CHANNELS_LAST_CHOICES:
+            raise ValueError(f"channels_last={self.channels_last!r}: use one of "
+                             f"{', '.join(CHANNELS_LAST_CHOICES)}")
         if self.sync_every < 0:
             raise ValueError(f"sync_every={self.sync_every}: use 0 (default) or a positive step count")
 
@@ -142,10 +148,20 @@ class Accel:
         return 1 if torch.device(device).type == "cpu" else SYNC_EVERY
 
     def autocast(self, device: torch.device | str) -> ContextManager[Any]:
-        """``torch.autocast(bfloat16)`` under ``amp=bf16``, else a no-op context."""
-        if self.amp == "bf16":
+        """``torch.autocast(bfloat16)`` under ``amp=bf16``, else a no-op context. On a CPU
+        without native bfloat16 (:func:`cpu_has_native_bf16`) a no-op, with one warning."""
+        if self.amp_on(device):
             return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def amp_on(self, device: torch.device | str) -> bool:
+        """``amp=bf16`` and, on the CPU, native bfloat16 (else float32, warned once)."""
+        return self.amp == "bf16" and bf16_runs(device)
+
+    def memory_format(self, model: str, device: torch.device | str) -> torch.memory_format:
+        """The layout the classifier ``model`` (registered name) trains in (:mod:`mi_bench.cpu`;
+        ``cpu_has_native_bf16`` is re-exported here)."""
+        return train_memory_format(self.channels_last, model, device)
 
     def compiled(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``torch.compile(module, mode=...)`` (same parameters), or ``module`` when off."""
@@ -158,6 +174,8 @@ class Accel:
         out = {"amp": self.amp, "compile": self.compile, "host_read_every": self.every(device)}
         if self.graph:
             out["cuda_graph"] = self.graphed(device)
+        if self.amp == "bf16" and not self.amp_on(device):
+            out["amp_effective"] = "off"  # a CPU without native bfloat16: ran float32
         return out
 
 

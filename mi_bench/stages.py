@@ -249,7 +249,8 @@ class Stages:
 
         def build() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             # bf16 (amp) for the target and its pretraining; judges always train in float32
-            accel = self.accel if kind in ("target", "pretrain") else Accel(compile=self.accel.compile)
+            accel = self.accel if kind in ("target", "pretrain") else Accel(
+                compile=self.accel.compile, channels_last=self.accel.channels_last)
             res = train_classifier(make, train, val, tcfg, seed=seed, defense=defense,
                                    device=self.device, bars=self.bars, desc=f"train {kind}", accel=accel)
             trained["model"] = res.model

@@ -21,7 +21,8 @@ draw come from the same CPU generator in the same order as before, so CPU runs a
 bit for bit. Loss terms (floats or tensors, ``LossOutput.terms``), the training accuracy and
 the NaN check are accumulated on the device and read every ``accel.every(device)`` steps (every
 step on the CPU) and at the end of each epoch. ``accel`` (:class:`mi_bench.runtime.Accel`)
-adds bf16 autocast (forward and loss; backward and optimiser outside) and ``torch.compile``
+adds bf16 autocast (forward and loss; backward and optimiser outside; on the CPU only with
+native bfloat16, :mod:`mi_bench.cpu`), channels-last training (``channels_last``) and ``torch.compile``
 of the network's forward (the defense's hooks and taps stay on the plain module; skipped, with
 a warning, when the defense wraps the model, e.g. DP-SGD's Opacus module).
 
@@ -284,6 +285,11 @@ def train_classifier(
         model, optimizer, n_train=len(y_tr), batch_size=cfg.batch_size, epochs=cfg.epochs,
         generator=gen,
     )
+    # channels-last (mi_bench.cpu): the plain network only (not a defense's wrapper, e.g. Opacus)
+    cl = (accel.memory_format(cfg.model, device) == torch.channels_last
+          and defense.export_model(model) is model)
+    if cl:
+        model.to(memory_format=torch.channels_last)
     taps = Taps(model, defense.tap_layers(model))
     net = model
     if accel.compile != "off":
@@ -324,6 +330,8 @@ def train_classifier(
                     if cfg.hflip:
                         xb = torch.where(dev_flips[i][:, None, None, None], xb.flip(-1), xb)
                     xb, yb = defense.prepare_batch(model, xb, yb)
+                    if cl and xb.dim() == 4:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
                     holder: dict[str, torch.Tensor] = {}
 
                     def closure(xb=xb, yb=yb, holder=holder) -> LossOutput:
@@ -369,6 +377,8 @@ def train_classifier(
     final = defense.export_model(model)
     if best_state is not None:
         final.load_state_dict(best_state)
+    if cl:  # the exported weights in the standard (contiguous) layout
+        final.to(memory_format=torch.contiguous_format)
     final.eval()
     result.model = final
     result.val_acc = float(best_acc) if best_acc >= 0 else float("nan")

@@ -38,6 +38,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    """A test's own artifact cache and working directory (results land under tmp_path)."""
+    monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return shared_mnist_or_skip()

@@ -12,13 +12,6 @@ from click.testing import CliRunner
 from mi_bench.cli import cli
 
 
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def invoke(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 

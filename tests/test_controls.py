@@ -17,14 +17,13 @@ from torch.nn import functional as F
 
 from mi_bench.cli import cli
 from mi_bench.config import compose
-from mi_bench.data import DatasetConfig, load_splits
-from mi_bench.defenses.advtrain import AdversarialTraining, AdvTrainConfig, pgd_examples
+from mi_bench.api import pgd as pgd_examples
+from mi_bench.defenses.advtrain import AdversarialTraining, AdvTrainConfig
 from mi_bench.defenses.ls import LabelSmoothing, LSConfig, schedule_factor, smoothed_cross_entropy
 from mi_bench.defenses.none import NoDefense
 from mi_bench.defenses.trapmid import TrapMID, TrapMIDConfig, balanced_labels, blend
 from mi_bench.errors import ConfigError
 from mi_bench.interfaces import TrainBatch
-from mi_bench.models import MCNN
 from mi_bench.params import PluginConfig
 from mi_bench.train import TrainConfig, train_classifier
 
@@ -33,15 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 KW = dict(num_classes=5, input_shape=(1, 32, 32))
 
 
-@pytest.fixture(scope="module")
-def data():
-    s = load_splits(DatasetConfig(), REPO)
-    x, y = s.private_train
-    return (x[:100], y[:100]), (s.private_val[0][:30], s.private_val[1][:30])
-
-
-def small():
-    return MCNN(5, width=0.25)
+from test_defenses_extra import data, small  # noqa: E402,F401 - the same 100-image digits set and MCNN
 
 
 def train(data, defense, epochs=2, seed=0):

@@ -9,24 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from mi_bench.cli import cli
 from mi_bench.config import compose
 from mi_bench.data import load_splits, resolve_data_root
 from mi_bench.dataplan import plan, render
 
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from test_cli import invoke  # the same CLI call
 
 
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def _stats(y: torch.Tensor, labels: list[int]) -> tuple[int, float, int]:
@@ -163,3 +154,24 @@ def test_folder_plan_counts_identities(env):
     assert p["counts"]["public"]["images"] == 5
     priv = sum(p["counts"][s]["images"] for s in ("private_train", "private_val", "private_test"))
     assert priv == 8 + 9 + 10
+
+
+def test_an_inversion_that_dominates_the_estimate_suggests_a_cap(env):
+    from mi_bench.dataplan import data_warnings
+
+    cfg = compose(["preset=quick", "dataset=digits"])
+    p = plan(cfg, measure=False)
+    stages = [{"stage": "target", "estimate_s": 100.0}, {"stage": "prior", "estimate_s": 250.0},
+              {"stage": "inversion", "estimate_s": 642.0}]
+    warn = [w for w in data_warnings(cfg, p["counts"], stages, p["inversion"]) if "inversion is" in w]
+    assert len(warn) == 1 and "65% of the estimated time (200 latents)" in warn[0]
+    assert "attack.max_latents=80" in warn[0]  # 2 of 5 classes at 40 latents each
+    small = [{"stage": "target", "estimate_s": 100.0}, {"stage": "inversion", "estimate_s": 50.0}]
+    assert not [w for w in data_warnings(cfg, p["counts"], small, p["inversion"]) if "inversion is" in w]
+
+
+def test_a_time_budget_is_shown_against_the_estimate(env):
+    p = json.loads(invoke("data", "preset=smoke", "dataset=digits", "attack.time_budget_s=1e-6", "--json").stdout)
+    tb = p["inversion"]["time_budget"]
+    assert tb["budget_s"] == 1e-6 and tb["classes_fitting"] == 1 and tb["estimate_s"] > 0
+    assert "time budget: attack.time_budget_s=1e-06" in render(p)

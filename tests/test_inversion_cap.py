@@ -115,3 +115,32 @@ def test_capped_smoke_run_attacks_exactly_the_stated_classes(tmp_path):
 def test_an_uncapped_run_states_no_cap(smoke_run):
     assert "cap" not in smoke_run["protocol"]["inversion"]
     assert "inversion cap" not in _table_text(smoke_run)
+
+
+def test_a_time_budget_inverts_what_fits_and_says_so(tmp_path):
+    from mi_bench.pipeline import run
+    from mi_bench.runs import load_reconstructions
+
+    def once(budget):
+        cfg = compose(["preset=smoke", "attack=gmi", f"attack.time_budget_s={budget}", "seed=5",
+                       f"cache_dir={tmp_path / 'cache'}", f"results_db={tmp_path / 'r.sqlite'}",
+                       f"results_dir={tmp_path / 'runs'}"])
+        return run(cfg)
+
+    tight = once(1e-6)  # not even one class fits: one is attacked, the first in the seed's order
+    cap = tight["protocol"]["inversion"]["cap"]
+    assert cap["attacked"] == [rank(list(range(5)), 5)[0]] == tight["protocol"]["attacked_classes"]
+    assert cap["left_out"] == sorted(set(range(5)) - set(cap["attacked"])) and cap["binding"]
+    assert cap["time_budget_s"] == 1e-6 and cap["max_latents"] == 0
+    est = cap["time_estimate"]
+    assert est["classes"] == 5 and est["estimate_s"] > 0 and not est["fits_in_budget"]
+    assert not est["fits_one_class"]
+    assert load_reconstructions(tight["run_dir"])[1] == cap["attacked"]
+    text = _table_text(tight)
+    assert "1 of 5 classes" in text and "attack.time_budget_s=1e-06" in text and "not even one class fits" in text
+
+    loose = once(1e6)  # everything fits: every class, and the record says the budget was not reached
+    cap = loose["protocol"]["inversion"]["cap"]
+    assert loose["trained"] == [] and cap["attacked"] == list(range(5)) and cap["left_out"] == []
+    assert cap["time_estimate"]["fits_in_budget"] and not cap["binding"]
+    assert "not reached" in _table_text(loose)

@@ -36,7 +36,7 @@ def test_frechet_equals_pytorch_fids_calculate_frechet_distance(n, m, d):
 
 # -- KID ----------------------------------------------------------------------------------------
 
-def _naive_mmd2(x, y):
+def naive_mmd2(x, y):
     d = x.shape[1]
     k = lambda a, b: (a @ b / d + 1) ** 3  # noqa: E731
     n, m = len(x), len(y)
@@ -50,16 +50,16 @@ def test_kid_is_the_unbiased_polynomial_mmd_with_a_jackknife_error():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(6, 4)), rng.normal(size=(9, 4)) + 0.3
     value, se = P.kid(x, y)
-    assert value == pytest.approx(_naive_mmd2(x, y), rel=1e-10)
+    assert value == pytest.approx(naive_mmd2(x, y), rel=1e-10)
     # the jackknife, spelled out: leave each point out, recompute, combine
-    lo_x = [_naive_mmd2(np.delete(x, i, 0), y) for i in range(6)]
-    lo_y = [_naive_mmd2(x, np.delete(y, j, 0)) for j in range(9)]
+    lo_x = [naive_mmd2(np.delete(x, i, 0), y) for i in range(6)]
+    lo_y = [naive_mmd2(x, np.delete(y, j, 0)) for j in range(9)]
     var = 5 / 6 * np.sum((np.array(lo_x) - np.mean(lo_x)) ** 2) + 8 / 9 * np.sum((np.array(lo_y) - np.mean(lo_y)) ** 2)
     assert se == pytest.approx(math.sqrt(var), rel=1e-8)
     with pytest.raises(ValueError, match="at least 2"):
         P.kid(x[:1], y)
     two = P.kid(x[:2], y)  # an estimate, but too few to jackknife
-    assert two[0] == pytest.approx(_naive_mmd2(x[:2], y)) and math.isnan(two[1])
+    assert two[0] == pytest.approx(naive_mmd2(x[:2], y)) and math.isnan(two[1])
 
 
 def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_two():

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as st
-from test_cli import env, invoke  # noqa: F401 - the same fixture (tmp cache and cwd) and CLI call
+from test_cli import invoke  # the same CLI call (the env fixture is conftest's)
 
 from mi_bench.errors import ConfigError
 from mi_bench.stats import (

@@ -19,20 +19,13 @@ from mi_bench import prior_quality as pqm
 from mi_bench.cli import cli
 from mi_bench.prior_quality import kid_subsets, prior_quality, reference_images
 
+from test_perceptual import naive_mmd2
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def naive_kid(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, pair by pair (Binkowski et al. 2018, eq. 3)."""
-    n, m, d = len(x), len(y), x.shape[1]
-
-    def k(a, b):
-        return (float(np.dot(a, b)) / d + 1.0) ** 3
-
-    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
-    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
-    xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
-    return xx + yy - 2 * xy
+# unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, pair by pair (Binkowski et al. 2018, eq. 3)
+naive_kid = naive_mmd2
 
 
 def test_kid_equals_an_independent_pairwise_implementation():
@@ -185,13 +178,6 @@ def test_a_failing_prior_kid_is_failed_with_its_reason(monkeypatch):
 
 
 # -- through the pipeline ---------------------------------------------------------------------
-
-@pytest.fixture()
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
 
 def run_json(*args):
     r = CliRunner().invoke(cli, ["run", *args, "--json", "--quiet"], catch_exceptions=False)

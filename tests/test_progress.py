@@ -222,3 +222,6 @@ def test_run_with_stderr_in_a_file_logs_every_stage_at_the_interval(tmp_path):
         assert got[-1][1].startswith("done, "), (stage, got)
         gaps = [(b[0] - a[0]).total_seconds() for a, b in zip(got, got[1:])]
         assert max(gaps, default=0) < interval + 0.4, (stage, gaps)  # an unbeaten 1-2 s epoch fails
+    for stage in ("data (digits)", "scoring"):  # stages without steps: at least their end line
+        got = by_stage.get(stage)
+        assert got and got[-1][1].startswith("done in "), (stage, got, text)

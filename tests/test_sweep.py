@@ -9,7 +9,7 @@ import pytest
 from mi_bench.results import ResultStore
 from mi_bench.sweep import SweepState, expand, make_cells
 
-from test_cli import env, invoke  # noqa: F401 - the same fixture (tmp cache and cwd) and CLI call
+from test_cli import invoke  # the same CLI call (the env fixture is conftest's)
 
 DB = "results/mi_bench.sqlite"
 
