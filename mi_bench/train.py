@@ -365,9 +365,10 @@ def train_classifier(
                            train_acc=correct / max(1, seen), val_acc=val_acc,
                            seconds=time.perf_counter() - t0)
                 result.history.append(row)
-                score = val_acc if val_acc == val_acc else -epoch  # no val split: keep last
-                if cfg.selection == "last" or score >= best_acc:
-                    best_acc = score
+                no_val = val_acc != val_acc  # no validation split: keep the last epoch
+                if cfg.selection == "last" or no_val or val_acc >= best_acc:
+                    if not no_val:
+                        best_acc = val_acc
                     result.best_epoch = epoch + 1
                     best_state = copy.deepcopy(defense.export_model(model).state_dict())
                 bar.advance(1, loss=row.get("loss", row.get("ce", 0.0)), val_acc=val_acc)
