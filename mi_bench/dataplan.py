@@ -426,7 +426,8 @@ def render(p: dict[str, Any]) -> str:
              + f"; evaluator classes: {p['domain_classes']}",
              "images per identity:    identities   images   min  median   max"]
     for split, v in p["counts"].items():
-        lines.append(f"  {split:<20} {v['identities']:>10} {v['images']:>8,} {v['min']:>5} {v['median']:>7g} {v['max']:>5}")
+        lines.append(f"  {split:<20} {v['identities']:>10} {v['images']:>8,} {v['min']:>5} "
+                     f"{v['median']:>7g} {v['max']:>5}")
     inv = p["inversion"]
     lines.append(f"inversion: {inv['classes_attacked']} of {inv['classes_requested']} classes x "
                  f"{inv['samples_per_class']} samples x {inv['restarts']} restarts = {inv['latents']:,} latents, "

@@ -77,6 +77,29 @@ def defense_label(defense_cfg: Any, recipe: str = "") -> str:
     return f"{defense_cfg.name}[{','.join(parts)}]" if parts else defense_cfg.name
 
 
+def attack_label(attack: dict[str, Any]) -> str:
+    """``gmi``, or ``gmi[lomma]`` / ``gmi[max_latents=80]``: the attack's name and its
+    ``neutral_default`` options that are on (a bool shown by its name; ``only_with`` fields left
+    out), so runs that differ by such an option are told apart in the leaderboard. A record of an
+    attack not installed here keeps its name."""
+    from mi_bench.registry import ATTACKS
+
+    name = attack.get("name", "?")
+    try:
+        cls = ATTACKS.get(name).Config
+    except Exception:  # noqa: BLE001 - an uninstalled or broken plugin: its name is enough
+        return name
+    parts = []
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("neutral_default") or f.metadata.get("only_with") or f.name not in attack:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        value = attack[f.name]
+        if value != default:
+            parts.append(f.name if value is True else f"{f.name}={value}")
+    return f"{name}[{','.join(parts)}]" if parts else name
+
+
 def versions() -> dict[str, str]:
     """mi-bench's version and its libraries' (a library not installed: ``unavailable``)."""
     from importlib.metadata import PackageNotFoundError, version

@@ -19,6 +19,7 @@ from mi_bench.attacks.common import DCGANGenerator, WGANCritic, gradient_penalty
 from mi_bench.config import compose, config_hash, to_dict
 from mi_bench.data import DatasetConfig, load_splits
 from mi_bench.face_models import IR18, VGG16BN
+from mi_bench.interfaces import Defense
 from mi_bench.models import MCNN, SCNN, MadryNet, ResNet8, ResNet20, build_model
 from mi_bench.runtime import Accel
 from mi_bench.train import TrainConfig, accuracy, train_classifier
@@ -136,22 +137,56 @@ def test_channels_last_stays_out_of_hashes_and_artifact_keys():
         assert artifact_plan(other, splits) == artifact_plan(base, splits)
 
 
-def _digits_fit(accel: Accel, epochs: int = 2, width: float = 0.5):
+def _digits_fit(accel: Accel, epochs: int = 2, width: float = 0.5, model: str = "mcnn", defense=None):
     s = load_splits(DatasetConfig(), REPO)
-    cfg = TrainConfig(epochs=epochs, lr=0.01)
-    make = lambda: build_model("mcnn", num_classes=s.num_private_classes, in_channels=1, width=width)  # noqa: E731
-    res = train_classifier(make, s.private_train, s.private_val, cfg, seed=0, accel=accel)
+    cfg = TrainConfig(model=model, epochs=epochs, lr=0.01)
+    make = lambda: build_model(model, num_classes=s.num_private_classes, in_channels=1, width=width)  # noqa: E731
+    res = train_classifier(make, s.private_train, s.private_val, cfg, seed=0, accel=accel, defense=defense)
     return res, accuracy(res.model, *s.private_test)
 
 
-def test_trainer_channels_last_matches_nchw_and_exports_contiguous_weights():
-    off, _ = _digits_fit(Accel(channels_last="never"), epochs=1, width=0.25)
-    on, _ = _digits_fit(Accel(channels_last="always"), epochs=1, width=0.25)
+def _bido():
+    from mi_bench.defenses.bido import BiDO, BiDOConfig
+
+    return BiDO(BiDOConfig(name="bido"), num_classes=5, input_shape=(1, 32, 32))
+
+
+@pytest.mark.parametrize("defense", [None, "bido"])
+def test_trainer_channels_last_matches_nchw_and_exports_contiguous_weights(defense):
+    """The whole trainer, NCHW vs channels-last (BiDO: its HSIC terms read the tapped, channels-
+    last block outputs), 1 epoch."""
+    make_def = _bido if defense else (lambda: None)
+    off, _ = _digits_fit(Accel(channels_last="never"), epochs=1, width=0.25, defense=make_def())
+    on, _ = _digits_fit(Accel(channels_last="always"), epochs=1, width=0.25, defense=make_def())
+    for k in off.history[-1]:
+        if k not in ("seconds", "lr", "epoch", "batches"):
+            assert on.history[-1][k] == pytest.approx(off.history[-1][k], rel=2e-2, abs=2e-2), k
     for (k, a), b in zip(off.model.state_dict().items(), on.model.state_dict().values()):
         assert b.is_contiguous(), k  # stored weights keep the standard layout
         if a.is_floating_point():
             torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3, msg=lambda m, k=k: f"{k}: {m}")
     assert on.history[-1]["val_acc"] == pytest.approx(off.history[-1]["val_acc"], abs=0.02)
+
+
+class _LayoutSpy(Defense):
+    """Plain cross-entropy, recording whether MCNN's second conv trains channels-last."""
+
+    def __init__(self):
+        super().__init__(None, num_classes=5, input_shape=(1, 32, 32))  # type: ignore[arg-type]
+        self.layouts: set[bool] = set()
+
+    def compute_loss(self, batch):
+        w = batch.model.block2[0].weight  # (c2, c1, 5, 5): the two layouts differ
+        self.layouts.add(w.is_contiguous(memory_format=CL) and not w.is_contiguous())
+        return super().compute_loss(batch)
+
+
+@pytest.mark.parametrize("setting,expected", [("auto", True), ("always", True), ("never", False)])
+def test_the_trainer_trains_mcnn_channels_last_under_auto(setting, expected):
+    spy = _LayoutSpy()
+    res, _ = _digits_fit(Accel(channels_last=setting), epochs=1, width=0.25, defense=spy)
+    assert spy.layouts == {expected}
+    assert all(t.is_contiguous() for t in res.model.state_dict().values())
 
 
 @pytest.mark.skipif(not cpu.cpu_has_native_bf16(), reason="this CPU has no native bfloat16")

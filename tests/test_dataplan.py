@@ -146,7 +146,8 @@ def test_folder_with_an_unreadable_image_exits_2(env):
 
 def test_folder_plan_counts_identities(env):
     _tree(env / "people", {"p1": 8, "p2": 9, "p3": 10, "p4": 3, "p5": 2})
-    r = invoke("data", "dataset=folder", "preset=smoke", f"dataset.face.path={env / 'people'}", "dataset.face.min_images=8",
+    r = invoke("data", "dataset=folder", "preset=smoke", f"dataset.face.path={env / 'people'}",
+               "dataset.face.min_images=8",
                "dataset.private_classes=3", "dataset.face.public_size=0", "--json", "--no-timing")
     assert r.exit_code == 0, r.output
     p = json.loads(r.stdout)

@@ -227,3 +227,17 @@ def test_effect_verdicts_cover_drops_rises_and_missing_baselines():
     assert verdict(None, cmp(-0.1, 0.1)) == "n/a: no published baseline"
     assert verdict(cmp(-0.1, 0.1), None) == "n/a: no matched baseline"
     assert verdict({"delta": 0.0, "delta_ci": None}, cmp(-0.1, 0.1)).startswith("n/a: needs")
+
+
+def test_attack_options_that_change_a_run_are_in_its_leaderboard_label():
+    from mi_bench.config import compose, to_dict
+    from mi_bench.record import attack_label
+    from mi_bench.results import select
+
+    assert attack_label(to_dict(compose(["attack=gmi"]))["attack"]) == "gmi"
+    assert attack_label(to_dict(compose(["attack=gmi", "attack.lomma=true"]))["attack"]) == "gmi[lomma]"
+    capped = to_dict(compose(["attack=kedmi", "attack.max_latents=80"]))["attack"]
+    assert attack_label(capped) == "kedmi[max_latents=80]"
+    assert attack_label({"name": "not-installed", "x": 1}) == "not-installed"
+    rows = [{"attack": "gmi[lomma]"}, {"attack": "gmi"}, {"attack": "kedmi"}]
+    assert select(rows, attack=["gmi"]) == rows[:2] and select(rows, attack=["gmi[lomma]"]) == rows[:1]

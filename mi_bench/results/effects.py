@@ -24,6 +24,7 @@ import json
 import math
 from typing import Any
 
+from mi_bench.record import attack_label
 from mi_bench.results.leaderboard import current, judge_names
 from mi_bench.stats import (
     mean_interval, min_detectable_effect, newcombe_interval, paired_interval, pooled_sd, sample_sd,
@@ -85,7 +86,7 @@ def baseline_margins(records: list[dict[str, Any]], *, robust_judge: str = "robu
         judges = judge_names(recs) or ["eval"]
         entry: dict[str, Any] = {
             "dataset": cfg["dataset"]["name"], "protocol": cfg["dataset"]["protocol"],
-            "defense": first["defense_label"], "attack": cfg["attack"]["name"], "preset": cfg["preset"],
+            "defense": first["defense_label"], "attack": attack_label(cfg["attack"]), "preset": cfg["preset"],
             "seeds": sorted({r["config"]["seed"] for r in recs}), "judges": judges, "margins": {},
         }
         for base in baselines:
@@ -264,7 +265,7 @@ def defense_effects(records: list[dict[str, Any]], metric: str = "attack_acc") -
         mean, lo, hi = mean_interval(e["values"]) if e["values"] else (None, None, None)
         row: dict[str, Any] = {
             "dataset": cfg["dataset"]["name"], "protocol": cfg["dataset"]["protocol"],
-            "attack": cfg["attack"]["name"], "preset": cfg["preset"], "defense": e["label"],
+            "attack": attack_label(cfg["attack"]), "preset": cfg["preset"], "defense": e["label"],
             "metric": metric, "seeds": e["seeds"], "value": mean,
             "value_ci": None if lo is None else [lo, hi],
         }

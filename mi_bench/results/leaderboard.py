@@ -28,6 +28,7 @@ import math
 from typing import Any, Iterable
 
 from mi_bench.health import group_marks
+from mi_bench.record import attack_label
 from mi_bench.stats import mean_interval, wilson_interval
 
 
@@ -124,7 +125,7 @@ def leaderboard(records: list[dict[str, Any]], *, labels: bool = True) -> list[d
         judges = judge_names(recs)
         row: dict[str, Any] = {
             "dataset": cfg["dataset"]["name"], "protocol": cfg["dataset"]["protocol"],
-            "defense": first["defense_label"], "attack": cfg["attack"]["name"],
+            "defense": first["defense_label"], "attack": attack_label(cfg["attack"]),
             "preset": cfg["preset"], "seeds": sorted({r["config"]["seed"] for r in recs}),
             "runs": len(runs), "judges": judges,
             "n_reconstructions": sorted({r["metrics"].get("n_reconstructions") for r in recs
@@ -170,11 +171,13 @@ def select(items: list[dict[str, Any]], *, dataset: Iterable[str] = (), attack: 
     """Leaderboard rows (or :func:`defense_effects` / :func:`baseline_margins` entries) whose
     dataset, attack and preset are among the given ones, and whose defense is one of ``defense``
     by label (``bido[lambda_x=0.1]``) or by name (``bido``: every strength). Empty = any."""
-    want = {"dataset": set(dataset), "attack": set(attack), "preset": set(preset)}
-    defenses = set(defense)
+    want = {"dataset": set(dataset), "preset": set(preset)}
+    defenses, attacks = set(defense), set(attack)
     out = []
     for it in items:
         if any(v and it.get(k) not in v for k, v in want.items()):
+            continue
+        if attacks and not {it.get("attack"), str(it.get("attack")).split("[")[0]} & attacks:
             continue
         if defenses and not {it.get("defense"), str(it.get("defense")).split("[")[0]} & defenses:
             continue
