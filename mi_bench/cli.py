@@ -223,7 +223,8 @@ def sweep(overrides: tuple[str, ...], launcher: str, workers: int, dry_run: bool
 @click.argument("overrides", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="print the plan as JSON on stdout")
 @click.option("--no-timing", is_flag=True, help="counts only: do not time the networks' steps")
-def data(overrides: tuple[str, ...], as_json: bool, no_timing: bool) -> None:
+@click.option("--remeasure", is_flag=True, help="time the steps again (timings are kept in the cache for a week)")
+def data(overrides: tuple[str, ...], as_json: bool, no_timing: bool, remeasure: bool) -> None:
     """Show the protocol a config would produce, before any training (mi_bench/dataplan.py).
 
     \b
@@ -241,7 +242,7 @@ def data(overrides: tuple[str, ...], as_json: bool, no_timing: bool) -> None:
     cfg = _compose(overrides)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            p = plan(cfg, measure=not no_timing)
+            p = plan(cfg, measure=not no_timing, remeasure=remeasure)
     except USER_ERRORS as exc:
         _fail(str(exc))
     except ValueError as exc:  # bad values found while loading (too few images per identity, ...)

@@ -23,6 +23,12 @@ How the steps are timed (``measured``, about a second per stage on the digits pr
 * the inversion: the attack's ``invert`` on every attacked class with 2 iterations (the random
   baseline: one sample per class), on untrained networks of the real sizes.
 
+The timings are kept in the artifact cache (``<cache>/timing/<key>.json``, keyed by the stages'
+artifact keys, the attack's settings, the classes, the device, threads, torch version and CPU
+model) for :data:`TIMING_TTL_S` seconds, so asking again costs only the data loading;
+``remeasure=True`` (``mi-bench data --remeasure``) times again. The output says when the
+timings were measured.
+
 Not estimated: scoring (FID, LPIPS, the judges' verdicts), the judges' health checks and LOMMA's
 surrogates; the table says so. Bad input raises the errors ``mi-bench run`` raises (one line,
 exit 2).
@@ -355,7 +361,73 @@ def data_warnings(cfg: RunConfig, counts: dict[str, dict[str, Any]],
 
 # -- the plan -----------------------------------------------------------------------------------
 
-def plan(cfg: RunConfig, *, measure: bool = True) -> dict[str, Any]:
+TIMING_TTL_S = 7 * 24 * 3600  # a week: timings of this machine, reused until then
+TIMING_VERSION = 1
+
+
+def _cpu_model() -> str:
+    import platform
+
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _timing_path(cfg: RunConfig, splits: Any, classes: list[int], runner: Any):
+    from mi_bench.config import stable_hash, to_dict
+    from mi_bench.stages import artifact_plan
+
+    key = {"v": TIMING_VERSION, "plan": {k: list(v) for k, v in artifact_plan(cfg, splits).items()},
+           "attack": to_dict(cfg.attack), "classes": classes, "device": str(runner.device),
+           "accel": repr(runner.accel), "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "cpu": _cpu_model()}
+    return runner.store.root / "timing" / f"{stable_hash(key)}.json"
+
+
+def _timed_stages(cfg: RunConfig, splits: Any, classes: list[int], runner: Any, *,
+                  remeasure: bool) -> tuple[list[dict[str, Any]], str | None]:
+    """:func:`estimate_stages`, or its kept result when this machine timed the same stages
+    within :data:`TIMING_TTL_S` (stages trained since then cost 0; one removed from the cache
+    since then is not estimated). Returns the stages and when they were timed (None = now)."""
+    import datetime as dt
+    import json
+
+    from mi_bench.fsutil import atomic_write_json
+    from mi_bench.stages import artifact_plan
+
+    path = _timing_path(cfg, splits, classes, runner)
+    plan_ = artifact_plan(cfg, splits)
+    if not remeasure and path.is_file() and time.time() - path.stat().st_mtime < TIMING_TTL_S:
+        try:
+            kept = json.loads(path.read_text())
+            stages, at = kept["stages"], kept["measured_at"]
+        except (OSError, ValueError, KeyError):
+            stages = None
+        if stages is not None:
+            for st in stages:
+                where = plan_.get(st["stage"])
+                now_cached = bool(where) and runner.store.exists(*where)
+                if now_cached and not st.get("cached"):
+                    st.update(estimate_s=0.0, cached=True, note="in the cache: loaded, not trained")
+                elif st.get("cached") and where and not now_cached:
+                    st.update(estimate_s=None, cached=False,
+                              note="removed from the cache since it was timed: mi-bench data --remeasure")
+            return stages, at
+    stages = estimate_stages(cfg, splits, classes, store=runner.store, device=runner.device,
+                             accel=runner.accel)
+    at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    try:
+        atomic_write_json(path, {"measured_at": at, "stages": stages})
+    except OSError:  # a read-only cache: the plan is still printed, only not kept
+        pass
+    return stages, None
+
+
+def plan(cfg: RunConfig, *, measure: bool = True, remeasure: bool = False) -> dict[str, Any]:
     """The protocol ``cfg`` would produce (see the module doc), as a JSON-able dict."""
     from mi_bench.pipeline import Runner
 
@@ -378,9 +450,9 @@ def plan(cfg: RunConfig, *, measure: bool = True) -> dict[str, Any]:
     counts = split_counts(splits)
     stages = None
     t_measure = time.perf_counter()
+    timed_at = None
     if measure:
-        stages = estimate_stages(cfg, splits, classes, store=runner.store, device=runner.device,
-                                 accel=runner.accel)
+        stages, timed_at = _timed_stages(cfg, splits, classes, runner, remeasure=remeasure)
     measure_s = time.perf_counter() - t_measure
     budget = float(getattr(a, "time_budget_s", 0.0) or 0.0)
     inv_est = next((s["estimate_s"] for s in stages or [] if s["stage"] == "inversion"), None)
@@ -401,7 +473,7 @@ def plan(cfg: RunConfig, *, measure: bool = True) -> dict[str, Any]:
                              if stages else None),
         "machine": {"device": str(runner.device), "threads": cfg.threads},
         "warnings": data_warnings(cfg, counts, stages, inversion),
-        "data_seconds": data_s, "measure_seconds": round(measure_s, 3),
+        "data_seconds": data_s, "measure_seconds": round(measure_s, 3), "timings_from": timed_at,
         "seconds": round(time.perf_counter() - t_start, 3),
     }
 
@@ -444,7 +516,8 @@ def render(p: dict[str, Any]) -> str:
     if p["stages"] is not None:
         m = p["machine"]
         lines.append(f"estimated time on this machine ({m['device']}, threads={m['threads']}; "
-                     f"timed in {p['measure_seconds']:.1f} s):")
+                     + (f"timed at {p['timings_from']}, kept in the cache; --remeasure to time again):"
+                        if p.get("timings_from") else f"timed in {p['measure_seconds']:.1f} s):"))
         for s in p["stages"]:
             rate = f"{s['sec_per_step'] * 1000:.1f} ms/step" if s["sec_per_step"] else ""
             lines.append(f"  {s['stage']:<12} {_fmt_s(s['estimate_s']):>9}  {s['steps']:<34} {rate:<16} {s['note']}")

@@ -176,3 +176,24 @@ def test_a_time_budget_is_shown_against_the_estimate(env):
     tb = p["inversion"]["time_budget"]
     assert tb["budget_s"] == 1e-6 and tb["classes_fitting"] == 1 and tb["estimate_s"] > 0
     assert "time budget: attack.time_budget_s=1e-06" in render(p)
+
+
+def test_timings_are_kept_reused_updated_for_trained_stages_and_remeasured_on_request(env, monkeypatch):
+    import mi_bench.dataplan as dp
+    from mi_bench.pipeline import run
+
+    cfg = compose(["preset=smoke", "dataset=digits", f"cache_dir={env / 'c3'}", f"results_db={env / 'r.sqlite'}",
+                   f"results_dir={env / 'runs'}"])
+    first = plan(cfg)
+    assert first["timings_from"] is None and first["stages"][0]["estimate_s"] > 0
+    calls = []
+    real = dp.estimate_stages
+    monkeypatch.setattr(dp, "estimate_stages", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = plan(cfg)
+    assert not calls and again["timings_from"] and again["stages"] == first["stages"]  # no step timed
+    run(cfg)  # trains every stage: the kept timings now say they are cached
+    after = {s["stage"]: s for s in plan(cfg)["stages"]}
+    assert not calls and after["target"]["cached"] and after["target"]["estimate_s"] == 0.0
+    assert after["inversion"]["estimate_s"] > 0
+    fresh = plan(cfg, remeasure=True)
+    assert calls == [1] and fresh["timings_from"] is None

@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from mi_bench.attacks.common import DCGANGenerator, WGANCritic, gradient_penalty
 from mi_bench.face_models import IR18, VGG16BN
 from mi_bench.models import MCNN, SCNN, MadryNet, ResNet8
+from mi_bench.cpu import CPU_CHANNELS_LAST
 from mi_bench.runtime import Accel, cpu_has_native_bf16, set_threads
 from mi_bench.train import TrainConfig, train_classifier
 
@@ -256,6 +257,17 @@ def main() -> None:
     for fam, what, med in rows:
         cells = [f"{1e3 * med['ref'][0]:.1f} ms"] + [cell(med[v]) for v in VARIANTS[1:]]
         L.append(f"| {fam} | {what} | " + " | ".join(cells) + " |")
+    L += ["", "### channels_last=auto: this run against the table in code", "",
+          "`mi_bench.cpu.CPU_CHANNELS_LAST` decides which families train channels-last under "
+          "`channels_last=auto` on the CPU. Here a family counts as faster channels-last when the "
+          "paired median speed-up of channels-last float32 is above 1.05x, slower below 0.95x.", "",
+          "| family | channels-last fp32 speed-up | this run | table in code |", "|---|---|---|---|"]
+    for fam, _, med in rows:
+        r = med["cl"][1]
+        verdict = "faster" if r > 1.05 else "slower" if r < 0.95 else "no difference"
+        code = ("not applied (GAN priors stay NCHW)" if fam == "wgan_gp" else
+                "channels-last" if CPU_CHANNELS_LAST.get(fam) else "NCHW")
+        L.append(f"| {fam} | {r:.2f}x | {verdict} | {code} |")
     if trainer:
         L += ["", "### mi-bench's trainer (`train_classifier`), before and after", "",
               f"MCNN width 1, 500 synthetic 1x32x32 images, batch 64, {1 if a.quick else 2} epoch(s) "
