@@ -249,3 +249,21 @@ def test_committed_power_table_is_what_the_records_give():
     text = mod.render()
     assert "seeds for 10 pp" in text and "pairs for 10 pp" in text
     assert text == (bench / "power.md").read_text(), "regenerate: python results/bench/power.py"
+
+
+def test_equal_paired_differences_do_not_give_a_zero_width_interval():
+    """Accuracy moves in steps, so with few seeds every pair can differ by the same amount: the
+    paired sd is 0 and its interval would be a point. The comparison falls back to Welch (its
+    across-run spread), and without any spread it says there is no interval, not 'certain'."""
+    from mi_bench.results.effects import _compare
+
+    def recs(vals):
+        return [{"config": {"seed": s}, "created_at": f"2026-01-0{s + 1}", "metrics": {"attack_acc": v}}
+                for s, v in enumerate(vals)]
+
+    out = _compare(recs([0.50, 0.60, 0.70]), recs([0.51, 0.61, 0.71]), "attack_acc")
+    assert out["design"] == "welch" and "paired_degenerate" in out
+    lo, hi = out["delta_ci"]
+    assert lo < out["delta"] < hi and hi - lo > 0.1 and out["mde"] > 0
+    flat = _compare(recs([0.5, 0.5, 0.5]), recs([0.6, 0.6, 0.6]), "attack_acc")
+    assert flat["delta_ci"] is None and flat["mde"] is None and "spread" in flat["no_interval"]

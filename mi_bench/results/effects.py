@@ -189,16 +189,23 @@ def _compare(defended: list[dict[str, Any]], base: list[dict[str, Any]], metric:
     pairs = paired_seeds(defended, base, metric)
     out: dict[str, Any] = {"welch_ci": None if wlo is None else [wlo, whi], "pairs": [p[0] for p in pairs],
                            "paired_ci": None}
-    if len(pairs) >= PAIRED_MIN:
-        diffs = [x - y for _, x, y in pairs]
+    diffs = [x - y for _, x, y in pairs]
+    if len(pairs) >= PAIRED_MIN and sample_sd(diffs) > 0:
         diff, lo, hi = (float(v) for v in paired_interval([p[1] for p in pairs], [p[2] for p in pairs]))
         out["paired_ci"] = [lo, hi]
         sd = sample_sd(diffs)
         mde = min_detectable_effect(sd, len(pairs), paired=True)
         out.update(delta=diff, delta_ci=[lo, hi], design="paired", differences=diffs, sd=sd, mde=mde)
     else:
+        if len(pairs) >= PAIRED_MIN:  # every pair differs by the same amount: a zero-width
+            # interval would read as certainty from a handful of seeds; fall back to Welch
+            out["paired_degenerate"] = f"all {len(pairs)} paired differences equal ({diffs[0]:+.4g}): no spread"
         sd, _ = pooled_sd([a, b])
-        mde = None if sd is None else min_detectable_effect(sd, len(a), n2=len(b))
+        if sd == 0 and len(a) >= 2 and len(b) >= 2:  # no spread on either side: no interval
+            out.update(delta=wdiff, delta_ci=None, design="welch", sd=sd, mde=None,
+                       no_interval="no seed-to-seed spread to estimate an interval from")
+            return out
+        mde = None if not sd else min_detectable_effect(sd, len(a), n2=len(b))
         out.update(delta=wdiff, delta_ci=out["welch_ci"], design="welch", sd=sd, mde=mde)
     return out
 
@@ -211,7 +218,8 @@ def verdict(pub: dict[str, Any] | None, mat: dict[str, Any] | None) -> str:
     if pub is None or mat is None:
         return "n/a: " + ("no published baseline" if pub is None else "no matched baseline")
     if pub["delta_ci"] is None or mat["delta_ci"] is None:
-        return "n/a: needs >= 2 target seeds on each side"
+        why = pub.get("no_interval") or mat.get("no_interval")
+        return f"n/a: {why}" if why else "n/a: needs >= 2 target seeds on each side"
     drop_pub, drop_mat = pub["delta_ci"][1] < 0, mat["delta_ci"][1] < 0
     if drop_pub and drop_mat:
         return "holds"

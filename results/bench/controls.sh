@@ -17,6 +17,8 @@
 #
 # Usage:  bash results/bench/controls.sh                 # seeds 0-4, then the export and tables
 #         CONTROLS_SEEDS=0,1,2 bash results/bench/controls.sh   # fewer seeds (resumes later)
+#         CONTROLS_UNTIL=14:35 ...   # start no cell after 14:35 UTC (then export and render)
+#         CONTROLS_EXPORT_ONLY=1 ...   # only the export and the tables
 #         CONTROLS_MATCHED=1 ...   # also the matched baselines of the two controls that do not
 #                                  # train with none's recipe: none[recipe=trapmid] (Trap-MID's
 #                                  # SGD lr 1e-2 recipe) and none[recipe=tldmi] (pretrained on the
@@ -27,7 +29,9 @@
 # Resumable: the sweep skips cells that have a record, and it runs one seed at a time, so an
 # interrupted run leaves every defense with the same target seeds (the pairs).
 # Cells run one at a time (the local launcher, one worker), one torch thread each (the machine is
-# shared). Wall time: results/README.md ("Known-answer controls").
+# shared). Wall time (2026-12-03, machine shared with test suites, load 2.5-3.9): cold cell 642 s
+# (evaluator + judges 197 s, GMI prior 231 s, inversion 175 s), warm cells 140-290 s, each new seed
+# +~4 min for its prior: seeds 0-2 took 70 min; see results/README.md ("Known-answer controls").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export MI_BENCH_CACHE=${MI_BENCH_CACHE:-/tmp/mi-bench-controls-cache}
@@ -97,13 +101,19 @@ def comp(c):
     ci = c.get("delta_ci")
     d = pp(c["delta"]) + (f" [{pp(ci[0])}, {pp(ci[1])}]" if ci else "")
     design = (f"paired, {len(c['pairs'])}" if c.get("design") == "paired" else "Welch") if ci else "1 seed"
-    mde = "-" if c.get("mde") is None else f"{100 * c['mde']:.1f}"
+    mde = "-" if c.get("mde") is None or c.get("sd") == 0 else f"{100 * c['mde']:.1f}"
+    if c.get("design") == "paired":
+        design += ": " + " ".join(f"{100 * x:+.0f}" for x in c.get("differences") or [])
     return d, design, mde
 
 
 def call(c, sign):
     if not c or not c.get("delta_ci") or sign is None:
         return "n/a (needs 2+ seeds a side)"
+    if c.get("design") == "paired" and c.get("sd") == 0:
+        # every pair differs by the same amount: the t interval collapses to a point (and the MDE
+        # to 0), which says nothing about the spread; not evidence either way
+        return "undecided (all pairs equal: sd 0)"
     lo, hi = c["delta_ci"]
     if (sign > 0 and lo > 0) or (sign < 0 and hi < 0):
         return "**detected**"
@@ -120,7 +130,9 @@ lines = ["# Known-answer controls: paired effects per judge", "",
          "interval excludes 0 in the published direction (ls 0.1 and advtrain raise; NegLS, "
          "Trap-MID, TL-DMI lower). MDE: the smallest change, either way, that these pairs detect "
          "with 80% power at the 5% level, from the spread of these seeds. Target-accuracy cost: "
-         "the same paired change in the target's test accuracy.", ""]
+         "the same paired change in the target's test accuracy. *undecided (all pairs equal)*: "
+         "with few pairs whose differences happen to be identical (attack accuracy moves in steps "
+         "of 1 point) the t interval collapses to a point and the MDE to 0; that is not evidence.", ""]
 judges = [("attack_acc", "evaluation model"), ("attack_acc_robust", "robust judge"),
           ("attack_acc_resnet", "resnet judge"), ("consensus_acc", "consensus of the judges")]
 for metric, title in judges:
@@ -128,7 +140,7 @@ for metric, title in judges:
     if not eff:
         continue
     lines += [f"## {title} (`{metric}`)", "",
-              "| dataset | attack | defense | published | seeds | baseline (seeds) | Δ vs none (pp) | design | MDE (pp) | in the published direction? | matched baseline | Δ vs matched (pp) | target acc Δ vs none (pp) |",
+              "| dataset | attack | defense | published | seeds | baseline (seeds) | Δ vs none (pp) | design: pairs, per-seed Δ | MDE (pp) | in the published direction? | matched baseline | Δ vs matched (pp) | target acc Δ vs none (pp) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in eff:
         sign = direction(r["defense"])
