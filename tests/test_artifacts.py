@@ -102,6 +102,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert not d.exists() or not any(d.iterdir())
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_cli_rebuilds_a_corrupt_cached_artifact_with_a_warning(tmp_path, monkeypatch):
     from mi_bench.cli import cli
 

@@ -21,6 +21,7 @@ def _run(*args):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_baselines_run_end_to_end_and_share_gmis_prior(tmp_path, monkeypatch):
     monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

@@ -16,6 +16,7 @@ def invoke(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_run_smoke_end_to_end_json_then_cached(env):
     r1 = invoke("run", "preset=smoke", "--json", "--quiet")
     assert r1.exit_code == 0, r1.output
@@ -68,6 +69,7 @@ def test_run_smoke_end_to_end_json_then_cached(env):
     assert "<table>" in invoke("leaderboard", "--format", "html").output
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_sweep_expands_and_skips_existing(env):
     r = invoke("sweep", "preset=smoke", "defense=bido", "defense.lambda_y=0.0,0.5", "seed=0", "--quiet")
     assert r.exit_code == 0, r.output
@@ -82,6 +84,7 @@ def test_sweep_expands_and_skips_existing(env):
     assert r.stdout == "" and "0 to run, 2 done" in r.stderr
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_run_table_goes_to_stdout_and_progress_to_stderr(env):
     """``mi-bench run ... > file`` puts the table in the file; ``--json`` stays pure JSON."""
     cmd = [sys.executable, "-m", "mi_bench.cli"]

@@ -295,6 +295,7 @@ def run_root(tmp_path_factory):
 
 @pytest.mark.parametrize("option, plugin", [("ls", "ls"), ("negls", "ls"), ("advtrain", "advtrain"),
                                             ("trapmid", "trapmid")])
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_each_control_runs_through_mi_bench_run_smoke(run_root, option, plugin):
     r = CliRunner().invoke(cli, [
         "run", "preset=smoke", f"defense={option}", "--json", "--quiet",

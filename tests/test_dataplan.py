@@ -83,6 +83,7 @@ def test_cli_prints_the_protocol_and_timed_estimates(env):
     assert not (env / "results").exists()  # nothing trained, nothing stored
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_cached_stages_cost_nothing(env):
     from mi_bench.pipeline import run
 
@@ -178,6 +179,7 @@ def test_a_time_budget_is_shown_against_the_estimate(env):
     assert "time budget: attack.time_budget_s=1e-06" in render(p)
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_timings_are_kept_reused_updated_for_trained_stages_and_remeasured_on_request(env, monkeypatch):
     import mi_bench.dataplan as dp
     from mi_bench.pipeline import run

@@ -278,6 +278,7 @@ def test_committed_faces_leaderboard_marks_its_judges():
 
 # -- a real run ---------------------------------------------------------------------------------
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_a_smoke_run_records_its_verdict_and_warns(tmp_path, monkeypatch):
     """preset=smoke trains the resnet judge for one epoch: near chance, and the run says so."""
     monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))

@@ -81,6 +81,7 @@ def _table_text(rec) -> str:
     return c.export_text()
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_capped_smoke_run_attacks_exactly_the_stated_classes(tmp_path):
     from mi_bench.pipeline import run
     from mi_bench.runs import load_reconstructions
@@ -117,6 +118,7 @@ def test_an_uncapped_run_states_no_cap(smoke_run):
     assert "inversion cap" not in _table_text(smoke_run)
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_a_time_budget_inverts_what_fits_and_says_so(tmp_path):
     from mi_bench.pipeline import run
     from mi_bench.runs import load_reconstructions

@@ -227,6 +227,7 @@ def _tiny_attacks(**kw):
     return g, k
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_lomma_false_is_todays_attack_draw_for_draw(digits_target, trained_aux, monkeypatch):
     splits, target = digits_target
     _, _, aux = trained_aux

@@ -14,6 +14,7 @@ def _run(*args):
     return json.loads(r.stdout)
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 @pytest.mark.parametrize("attack", ["kedmi", "plgmi"])
 def test_per_target_prior_is_cached_per_target(attack, tmp_path, monkeypatch):
     monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
@@ -34,6 +35,7 @@ def test_per_target_prior_is_cached_per_target(attack, tmp_path, monkeypatch):
     assert other["artifacts"]["prior"]["key"] != first["artifacts"]["prior"]["key"]
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_gmi_prior_is_shared_across_targets(tmp_path, monkeypatch):
     monkeypatch.setenv("MI_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

@@ -53,6 +53,7 @@ WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_eight_concurrent_writers_lose_nothing_and_rebuild_equals(tmp_path):
     db, runs = tmp_path / "r.sqlite", tmp_path / "runs"
     runs.mkdir()
@@ -154,6 +155,7 @@ BUILDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_two_processes_needing_one_artifact_train_it_once(tmp_path):
     log = tmp_path / "trainings.log"
     procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path / "cache"), str(log)],

@@ -55,6 +55,7 @@ def test_local_workers_run_cells_in_parallel_and_train_shared_artifacts_once(env
     assert len(logs) == 2  # one log per cell
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_failed_cell_is_recorded_the_sweep_goes_on_and_retry_reruns_it(env, monkeypatch):
     import mi_bench.pipeline as pipeline
 
@@ -177,6 +178,7 @@ def test_nan_divergence_ends_with_one_line_and_nonzero_exit(env):
     assert "Traceback" not in r.output
 
 
+@pytest.mark.slow  # an end-to-end smoke run (10-40 s): the slow lane
 def test_db_rebuild_and_export_from_run_records(env):
     assert invoke("run", "preset=smoke", "--quiet").exit_code == 0
     assert invoke("run", "preset=smoke", "seed=1", "attack.iterations=2", "--quiet").exit_code == 0
