@@ -377,11 +377,10 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _timing_path(cfg: RunConfig, splits: Any, classes: list[int], runner: Any):
+def _timing_path(cfg: RunConfig, plan_: dict[str, tuple[str, str]], classes: list[int], runner: Any):
     from mi_bench.config import stable_hash, to_dict
-    from mi_bench.stages import artifact_plan
 
-    key = {"v": TIMING_VERSION, "plan": {k: list(v) for k, v in artifact_plan(cfg, splits).items()},
+    key = {"v": TIMING_VERSION, "plan": {k: list(v) for k, v in plan_.items()},
            "attack": to_dict(cfg.attack), "classes": classes, "device": str(runner.device),
            "accel": repr(runner.accel), "threads": torch.get_num_threads(), "torch": torch.__version__,
            "cpu": _cpu_model()}
@@ -399,8 +398,8 @@ def _timed_stages(cfg: RunConfig, splits: Any, classes: list[int], runner: Any, 
     from mi_bench.fsutil import atomic_write_json
     from mi_bench.stages import artifact_plan
 
-    path = _timing_path(cfg, splits, classes, runner)
     plan_ = artifact_plan(cfg, splits)
+    path = _timing_path(cfg, plan_, classes, runner)
     if not remeasure and path.is_file() and time.time() - path.stat().st_mtime < TIMING_TTL_S:
         try:
             kept = json.loads(path.read_text())

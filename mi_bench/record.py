@@ -46,7 +46,7 @@ import mi_bench
 from mi_bench.config import RunConfig, config_hash, to_dict
 from mi_bench.data import DatasetConfig
 from mi_bench.errors import ConfigError
-from mi_bench.params import label_fields
+from mi_bench.params import label_fields, neutral_defaults
 from mi_bench.runtime import Accel, configure_device, cpu_has_native_bf16
 from mi_bench.stats import wilson_interval
 
@@ -89,14 +89,9 @@ def attack_label(attack: dict[str, Any]) -> str:
         cls = ATTACKS.get(name).Config
     except Exception:  # noqa: BLE001 - an uninstalled or broken plugin: its name is enough
         return name
-    parts = []
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("neutral_default") or f.metadata.get("only_with") or f.name not in attack:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        value = attack[f.name]
-        if value != default:
-            parts.append(f.name if value is True else f"{f.name}={value}")
+    gated = {f.name for f in dataclasses.fields(cls) if f.metadata.get("only_with")}
+    parts = [k if attack[k] is True else f"{k}={attack[k]}" for k, default in neutral_defaults(cls).items()
+             if k not in gated and k in attack and attack[k] != default]
     return f"{name}[{','.join(parts)}]" if parts else name
 
 

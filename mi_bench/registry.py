@@ -113,6 +113,7 @@ def load_plugin_files() -> dict[str, str]:
     also logged as a warning naming the file. Sweep workers inherit the variable."""
     import importlib.util
     import os
+    import sys
     from pathlib import Path
 
     for entry in filter(None, os.environ.get(PLUGINS_ENV, "").split(os.pathsep)):
@@ -129,8 +130,6 @@ def load_plugin_files() -> dict[str, str]:
                 name = "mi_bench_plugin_" + "".join(c if c.isalnum() else "_" for c in path.stem)
                 spec = importlib.util.spec_from_file_location(name, path)
                 module = importlib.util.module_from_spec(spec)
-                import sys
-
                 sys.modules[name] = module
                 spec.loader.exec_module(module)
             except Exception as exc:  # noqa: BLE001 - a user's plugin file may fail any way

@@ -190,10 +190,10 @@ def _compare(defended: list[dict[str, Any]], base: list[dict[str, Any]], metric:
     out: dict[str, Any] = {"welch_ci": None if wlo is None else [wlo, whi], "pairs": [p[0] for p in pairs],
                            "paired_ci": None}
     diffs = [x - y for _, x, y in pairs]
-    if len(pairs) >= PAIRED_MIN and sample_sd(diffs) > 0:
+    sd = sample_sd(diffs) if len(pairs) >= PAIRED_MIN else None
+    if sd:
         diff, lo, hi = (float(v) for v in paired_interval([p[1] for p in pairs], [p[2] for p in pairs]))
         out["paired_ci"] = [lo, hi]
-        sd = sample_sd(diffs)
         mde = min_detectable_effect(sd, len(pairs), paired=True)
         out.update(delta=diff, delta_ci=[lo, hi], design="paired", differences=diffs, sd=sd, mde=mde)
     else:
