@@ -39,6 +39,10 @@ Prior (trained per target, methods.md section 3):
 Inversion: for each attacked class ``samples_per_class`` latents (independent seeds), Adam (lr
 0.1) on z, loss = max-margin summed over two independently augmented views (ColorJitter with p
 1.0), no prior term, no clamp; G in eval mode. Every latent's image is returned and scored.
+The latents run forward and backward in chunks of ``inversion_chunk`` (run config), the batch
+means taken as sums over the chunk / N and the gradients summed before the one Adam step: the
+step of the whole batch, except that the random augmentations are drawn chunk by chunk (the same
+distribution, another random stream; the record's protocol states the chunk).
 """
 
 from __future__ import annotations
@@ -380,19 +384,25 @@ class PLGMI(Attack):
         aug = self._augment(jitter_p=1.0)
         every = self.accel.every(self.device)
         check = FiniteCheck(every, lambda v, where: f"plgmi inversion: loss became {v} at {where}")
+        parts = self.accel.latent_chunks(len(y))
         with frozen(g, target), progress.task("plgmi inversion", total=c.iterations) as bar:
             for it in range(c.iterations):
-                x = self._for_target(g(z, y))
-                out1, out2 = target(aug(x)), target(aug(x))
-                loss = max_margin_loss(out1, y) + max_margin_loss(out2, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_sum = hits = torch.zeros((), device=self.device)
+                for part in parts:  # the batch means as sums / N: gradients summed, one step
+                    x = self._for_target(g(z[part], y[part]))
+                    out1, out2 = target(aug(x)), target(aug(x))
+                    loss = (max_margin_loss(out1, y[part]) + max_margin_loss(out2, y[part])) * (len(x) / len(y))
+                    loss.backward()
+                    loss_sum = loss_sum + loss.detach()
+                    hits = hits + (out1.detach().argmax(1) == y[part]).sum()
                 opt.step()
-                check.add(loss, it)
-                bar.advance(1, loss=loss.detach(), acc=(out1.detach().argmax(1) == y).float().mean())
+                check.add(loss_sum, it)
+                bar.advance(1, loss=loss_sum, acc=hits / len(y))
             check.flush()
             with torch.no_grad():
-                imgs = self._for_target(g(z, y)).view(k, s, *self.image_shape)
+                imgs = torch.cat([self._for_target(g(z[part], y[part])) for part in parts])
+                imgs = imgs.view(k, s, *self.image_shape)
         return Inversion(
             images=imgs.detach().cpu().clamp(0, 1),
             classes=[int(v) for v in classes],
@@ -400,6 +410,7 @@ class PLGMI(Attack):
                 "attack": "plgmi",
                 "samples_per_class": s,
                 "selection": "all samples_per_class latents (independent seeds) returned, each scored",
+                "inversion_chunk": self.accel.inversion_chunk,
                 "iterations": c.iterations,
                 "optimizer": f"Adam lr={c.lr} on z, no clamp, no prior term",
                 "loss": "max-margin(T(A1(G(z,y))), y) + max-margin(T(A2(G(z,y))), y)",

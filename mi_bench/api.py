@@ -52,7 +52,8 @@ from mi_bench.interfaces import (
 from mi_bench.models import build_model
 from mi_bench.params import PluginConfig, param
 from mi_bench.registry import ATTACKS, DEFENSES, MODELS
-from mi_bench.runtime import FiniteCheck, GraphedStep, gather, host_floats, to_device, upload
+from mi_bench.cuda_graph import GraphedStep
+from mi_bench.runtime import FiniteCheck, gather, host_floats, to_device, upload
 
 register_attack = ATTACKS.register
 register_defense = DEFENSES.register

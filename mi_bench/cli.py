@@ -240,14 +240,29 @@ def data(overrides: tuple[str, ...], as_json: bool, no_timing: bool, remeasure: 
     from mi_bench.dataplan import plan, render
 
     cfg = _compose(overrides)
+    stdout, shown = sys.stdout, []
+
+    def protocol_first(head: dict) -> None:  # the protocol as soon as the data is loaded
+        shown.append(len(head["warnings"]))
+        click.echo(render(head, "protocol"), file=stdout)
+        if not no_timing:
+            click.echo("timing a few steps of each stage on this machine (kept in the cache for a week) ...",
+                       file=sys.stderr)
+
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            p = plan(cfg, measure=not no_timing, remeasure=remeasure)
+            p = plan(cfg, measure=not no_timing, remeasure=remeasure,
+                     on_protocol=None if as_json else protocol_first)
     except USER_ERRORS as exc:
         _fail(str(exc))
     except ValueError as exc:  # bad values found while loading (too few images per identity, ...)
         _fail(str(exc))
-    click.echo(json.dumps(p, indent=2, default=str) if as_json else render(p))
+    if as_json:
+        click.echo(json.dumps(p, indent=2, default=str))
+    else:
+        rest = render(p, "estimate", shown_warnings=shown[0] if shown else 0)
+        if rest:
+            click.echo(rest)
 
 
 @cli.command("show-config", context_settings={"ignore_unknown_options": True})

@@ -78,7 +78,7 @@ from mi_bench.health import HealthConfig
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
 from mi_bench.params import param, strip_neutral, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, unknown_choice_message
-from mi_bench.runtime import AMP_CHOICES, CHANNELS_LAST_CHOICES, COMPILE_CHOICES
+from mi_bench.runtime import AMP_CHOICES, CHANNELS_LAST_CHOICES, COMPILE_CHOICES, INVERSION_CHUNK
 from mi_bench.train import TrainConfig
 
 GROUPS = ("preset", "dataset", "defense", "attack")
@@ -157,6 +157,10 @@ class RunConfig:
     channels_last: str = param("auto", choices=CHANNELS_LAST_CHOICES,
                                help="classifier training in channels-last memory format: auto = on the "
                                "CPU for the families measured faster (results/bench/cpu_speed.md)")
+    inversion_chunk: int = param(INVERSION_CHUNK, ge=0, help="latents per forward/backward pass of GMI and "
+                                 "PLG-MI inversions, their gradients summed before each step: memory "
+                                 "bounded by the chunk (0 = all latents at once); GMI's result is the "
+                                 "same up to float rounding, PLG-MI draws its augmentations per chunk")
     cuda_graph: bool = param(False, help="CUDA only: the GMI prior's whole training step (5 critic "
                              "steps with the gradient penalty, the generator step) captured as one "
                              "CUDA graph and replayed (3.2x faster on an H200; its random stream "
@@ -479,6 +483,10 @@ def _apply_dotted(cfg: DictConfig, dotted: list[str]) -> DictConfig:
         patch = OmegaConf.from_dotlist(list(dotted))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}") from None
+    for tok in dotted:  # a text field keeps its text: YAML reads amp=off / compile=off as False
+        key, raw = tok.split("=", 1)
+        if _expected_type(cfg, key) == "str" and isinstance(OmegaConf.select(patch, key), bool):
+            OmegaConf.update(patch, key, raw)
     cfg = _merge(cfg, patch, "command line")
     for key in ("defense.name", "attack.name", "preset", "dataset.name"):
         if key in keys:
@@ -554,7 +562,7 @@ def to_yaml(cfg: RunConfig) -> str:
 # Fields that do not change what a run computes (where or how fast it runs, where it writes, how its
 # numbers are read: the ``health`` thresholds).
 # Like ``device``, ``compile``, ``tf32`` and ``channels_last`` change float rounding only.
-NON_SEMANTIC = ("threads", "device", "compile", "tf32", "channels_last", "data_root", "cache_dir",
+NON_SEMANTIC = ("threads", "device", "compile", "tf32", "channels_last", "inversion_chunk", "data_root", "cache_dir",
                 "results_db", "results_dir", "slurm", "progress_interval_s", "health")
 # Semantic fields left out of the hash at their default, so adding them kept every earlier hash.
 HASH_NEUTRAL_DEFAULTS = {"amp": "off", "cuda_graph": False}

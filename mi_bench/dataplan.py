@@ -426,8 +426,13 @@ def _timed_stages(cfg: RunConfig, splits: Any, classes: list[int], runner: Any, 
     return stages, None
 
 
-def plan(cfg: RunConfig, *, measure: bool = True, remeasure: bool = False) -> dict[str, Any]:
-    """The protocol ``cfg`` would produce (see the module doc), as a JSON-able dict."""
+def plan(cfg: RunConfig, *, measure: bool = True, remeasure: bool = False,
+         on_protocol: Any = None) -> dict[str, Any]:
+    """The protocol ``cfg`` would produce (see the module doc), as a JSON-able dict.
+
+    ``on_protocol``: called with the plan so far (``stages`` None, the warnings the data alone
+    gives) once the data is loaded and before any step is timed, so ``mi-bench data`` prints the
+    protocol in seconds and the estimate when its timing is done."""
     from mi_bench.pipeline import Runner
 
     t_start = time.perf_counter()
@@ -447,6 +452,20 @@ def plan(cfg: RunConfig, *, measure: bool = True, remeasure: bool = False) -> di
         "cap": cap,
     }
     counts = split_counts(splits)
+    public_ids = counts["public"]["identities"]
+    out: dict[str, Any] = {
+        "dataset": splits.name, "protocol": splits.protocol, "preset": cfg.preset,
+        "defense": cfg.defense.name, "attack": a.name,
+        "image_shape": list(splits.image_shape),
+        "private_identities": splits.num_private_classes, "public_identities": public_ids,
+        "public_unlabelled": counts["public"].get("unlabelled", 0),
+        "domain_classes": splits.num_domain_classes,
+        "counts": counts, "inversion": inversion, "stages": None, "estimate_total_s": None,
+        "machine": {"device": str(runner.device), "threads": cfg.threads},
+        "warnings": data_warnings(cfg, counts, None, inversion), "data_seconds": data_s,
+    }
+    if on_protocol is not None:
+        on_protocol({**out, "seconds": round(time.perf_counter() - t_start, 3)})
     stages = None
     t_measure = time.perf_counter()
     timed_at = None
@@ -459,22 +478,15 @@ def plan(cfg: RunConfig, *, measure: bool = True, remeasure: bool = False) -> di
         n = len(classes)
         inversion["time_budget"] = {"budget_s": budget, "estimate_s": inv_est,
                                     "classes_fitting": n if inv_est <= budget else max(1, int(n * budget / inv_est))}
-    public_ids = counts["public"]["identities"]
-    return {
-        "dataset": splits.name, "protocol": splits.protocol, "preset": cfg.preset,
-        "defense": cfg.defense.name, "attack": a.name,
-        "image_shape": list(splits.image_shape),
-        "private_identities": splits.num_private_classes, "public_identities": public_ids,
-        "public_unlabelled": counts["public"].get("unlabelled", 0),
-        "domain_classes": splits.num_domain_classes,
-        "counts": counts, "inversion": inversion, "stages": stages,
+    out.update({
+        "stages": stages,
         "estimate_total_s": (sum(s["estimate_s"] for s in stages if s["estimate_s"] is not None)
                              if stages else None),
-        "machine": {"device": str(runner.device), "threads": cfg.threads},
         "warnings": data_warnings(cfg, counts, stages, inversion),
-        "data_seconds": data_s, "measure_seconds": round(measure_s, 3), "timings_from": timed_at,
+        "measure_seconds": round(measure_s, 3), "timings_from": timed_at,
         "seconds": round(time.perf_counter() - t_start, 3),
-    }
+    })
+    return out
 
 
 def _fmt_s(v: float | None) -> str:
@@ -487,8 +499,14 @@ def _fmt_s(v: float | None) -> str:
     return f"{v:.1f} s"
 
 
-def render(p: dict[str, Any]) -> str:
-    """The plan as the text ``mi-bench data`` prints."""
+def render(p: dict[str, Any], part: str = "all", *, shown_warnings: int = 0) -> str:
+    """The plan as the text ``mi-bench data`` prints: ``protocol`` (the data, the inversion, the
+    warnings known so far), ``estimate`` (the timed stages and the warnings not yet shown: the
+    first ``shown_warnings`` were printed with the protocol) or ``all``."""
+    if part == "all":
+        return render(p, "protocol") + ("\n" + render(p, "estimate") if p["stages"] is not None else "")
+    if part == "estimate":
+        return "\n".join(_estimate_lines(p) + [f"warning: {w}" for w in p["warnings"][shown_warnings:]])
     c, h, w = p["image_shape"]
     lines = [f"{p['dataset']} ({p['protocol']}), preset {p['preset']}, defense {p['defense']}, attack {p['attack']}",
              f"images: {c} channel{'s' if c > 1 else ''} x {h} x {w}",
@@ -512,6 +530,11 @@ def render(p: dict[str, Any]) -> str:
         lines.append(f"  time budget: attack.time_budget_s={tb['budget_s']:g} against an estimated "
                      f"{_fmt_s(tb['estimate_s'])}: about {tb['classes_fitting']} of {inv['classes_attacked']} "
                      "classes fit (the run times its own inversion and decides)")
+    return "\n".join(lines + [f"warning: {wline}" for wline in p["warnings"]])
+
+
+def _estimate_lines(p: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     if p["stages"] is not None:
         m = p["machine"]
         lines.append(f"estimated time on this machine ({m['device']}, threads={m['threads']}; "
@@ -522,6 +545,4 @@ def render(p: dict[str, Any]) -> str:
             lines.append(f"  {s['stage']:<12} {_fmt_s(s['estimate_s']):>9}  {s['steps']:<34} {rate:<16} {s['note']}")
         lines.append(f"  {'total':<12} {_fmt_s(p['estimate_total_s']):>9}  (plus data loading "
                      f"{p['data_seconds']:.1f} s; scoring and judge health checks not estimated)")
-    for wline in p["warnings"]:
-        lines.append(f"warning: {wline}")
-    return "\n".join(lines)
+    return lines

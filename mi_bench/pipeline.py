@@ -59,8 +59,7 @@ class Runner:
         set_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.device_settings = configure_device(self.device, cfg.tf32)
-        self.accel = Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph,
-                           channels_last=cfg.channels_last)
+        self.accel = Accel.from_config(cfg)
         self.store = ArtifactStore(resolve_cache_dir(cfg.cache_dir))
 
     def stages(self, splits: DataSplits) -> Stages:

@@ -123,8 +123,7 @@ def machine(cfg: RunConfig, device: torch.device, settings: dict[str, Any] | Non
 
     info = {"platform": platform.platform(), "processor": platform.machine(),
             "cpu_count": os.cpu_count(), "threads": cfg.threads, "device": str(device),
-            "accel": Accel(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph,
-                           channels_last=cfg.channels_last).record(device),
+            "accel": Accel.from_config(cfg).record(device),
             "channels_last": cfg.channels_last, "cpu_native_bf16": cpu_has_native_bf16()}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

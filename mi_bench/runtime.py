@@ -88,6 +88,7 @@ def canonical(device: torch.device | str) -> torch.device:
 
 
 SYNC_EVERY = 50  # host reads of losses on accelerators: every this many steps (CPU: every step)
+INVERSION_CHUNK = 512  # latents per forward/backward pass of an inversion (memory bound; 0 = all)
 AMP_CHOICES = ("off", "bf16")
 COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune")
 _log = logging.getLogger(__name__)
@@ -125,6 +126,14 @@ class Accel:
     sync_every: int = 0
     graph: bool = False  # whole-step CUDA graph where a loop supports it (GMI prior); CUDA only
     channels_last: str = "never"  # classifier training layout: auto (per family, CPU) / always / never
+    inversion_chunk: int = INVERSION_CHUNK  # latents per forward/backward pass of an inversion; 0 = all
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Accel":
+        """The options of a run config (``amp``, ``compile``, ``cuda_graph``, ``channels_last``,
+        ``inversion_chunk``)."""
+        return cls(amp=cfg.amp, compile=cfg.compile, graph=cfg.cuda_graph,
+                   channels_last=cfg.channels_last, inversion_chunk=cfg.inversion_chunk)
 
     def graphed(self, device: torch.device | str) -> bool:
         """Whether loops that support it capture their whole step as a CUDA graph on ``device``."""
@@ -138,6 +147,9 @@ class Accel:
         if self.channels_last not in CHANNELS_LAST_CHOICES:
             raise ValueError(f"channels_last={self.channels_last!r}: use one of "
                              f"{', '.join(CHANNELS_LAST_CHOICES)}")
+        if self.inversion_chunk < 0:
+            raise ValueError(f"inversion_chunk={self.inversion_chunk}: use 0 (all latents at once) or a "
+                             "positive number of latents")
         if self.sync_every < 0:
             raise ValueError(f"sync_every={self.sync_every}: use 0 (default) or a positive step count")
 
@@ -163,6 +175,14 @@ class Accel:
         ``cpu_has_native_bf16`` is re-exported here)."""
         return train_memory_format(self.channels_last, model, device)
 
+    def latent_chunks(self, n: int) -> list[slice]:
+        """The slices of ``n`` latents an inversion runs forward and backward one at a time,
+        accumulating the gradient before its one optimiser step (memory bounded by the chunk,
+        not by the number of latents; 0 = one slice). For a loss that is a sum over latents the
+        step is the full-batch step, up to float rounding."""
+        size = self.inversion_chunk or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
+
     def compiled(self, module: torch.nn.Module) -> Callable[..., Any]:
         """``torch.compile(module, mode=...)`` (same parameters), or ``module`` when off."""
         if self.compile == "off":
@@ -171,47 +191,13 @@ class Accel:
 
     def record(self, device: torch.device | str) -> dict[str, Any]:
         """The options as stored in a record's ``machine`` section."""
-        out = {"amp": self.amp, "compile": self.compile, "host_read_every": self.every(device)}
+        out = {"amp": self.amp, "compile": self.compile, "host_read_every": self.every(device),
+               "inversion_chunk": self.inversion_chunk}
         if self.graph:
             out["cuda_graph"] = self.graphed(device)
         if self.amp == "bf16" and not self.amp_on(device):
             out["amp_effective"] = "off"  # a CPU without native bfloat16: ran float32
         return out
-
-
-class GraphedStep:
-    """One whole training step replayed as a CUDA graph (``Accel(graph=True)`` on CUDA), for
-    loops whose time goes to launching many small kernels (the WGAN-GP prior: 5 critic steps
-    with a double-backward penalty and a generator step per call).
-
-    ``fn`` must do the same work on tensors at the same addresses on every call: its inputs are
-    written into static tensors before each call, its optimisers are built with
-    ``capturable=True``. The first ``warmup`` calls run ``fn`` eagerly on a side stream (cuDNN
-    autotuning and allocator warm-up, as the CUDA-graph documentation requires); the next call
-    captures ``fn`` (capturing runs nothing) and replays it; later calls replay it. So every call
-    is one real step. Returns ``fn``'s outputs (static tensors after the capture, overwritten by
-    the next call)."""
-
-    def __init__(self, fn: Callable[[], Any], warmup: int = 3):
-        self.fn, self.warmup, self.calls = fn, warmup, 0
-        self.graph: Any = None
-        self.out: Any = None
-        self.stream = torch.cuda.Stream()
-
-    def __call__(self) -> Any:
-        self.calls += 1
-        if self.calls <= self.warmup:
-            self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
-                out = self.fn()
-            torch.cuda.current_stream().wait_stream(self.stream)
-            return out
-        if self.graph is None:
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.out = self.fn()
-        self.graph.replay()
-        return self.out
 
 
 NO_ACCEL = Accel()

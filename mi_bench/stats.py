@@ -37,7 +37,13 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from scipy import stats as _st
+
+
+def _scipy_stats():
+    """``scipy.stats``, imported on first use (0.9 s: every command would pay it at start-up)."""
+    from scipy import stats
+
+    return stats
 
 Z95 = 1.959963984540054
 
@@ -71,7 +77,7 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, 
     if len(vals) < 2:
         return mean, None, None
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
-    half = _st.t.ppf(0.5 + level / 2, len(vals) - 1) * sd / math.sqrt(len(vals))
+    half = _scipy_stats().t.ppf(0.5 + level / 2, len(vals) - 1) * sd / math.sqrt(len(vals))
     return mean, mean - half, mean + half
 
 
@@ -93,7 +99,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float],
     if se == 0:
         return diff, diff, diff
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = _st.t.ppf(0.5 + level / 2, df) * se
+    half = _scipy_stats().t.ppf(0.5 + level / 2, df) * se
     return diff, float(diff - half), float(diff + half)
 
 
@@ -168,6 +174,7 @@ def t_power(delta: float, sd: float, n: int, *, n2: int | None = None, paired: b
         raise ValueError(f"t_power: {'pairs' if paired else 'seeds'} too few for a t test (df={df})")
     if se == 0:
         return 1.0 if delta != 0 else alpha
+    _st = _scipy_stats()
     crit = _st.t.ppf(1 - alpha / 2, df)
     ncp = abs(delta) / se
     upper = float(_st.nct.sf(crit, df, ncp))
@@ -183,6 +190,7 @@ def normal_seeds(delta: float, sd: float, *, paired: bool = False, alpha: float 
     so it is slightly below the t answer (:func:`seeds_needed`)."""
     if delta == 0:
         raise ValueError("normal_seeds: a zero change needs infinitely many seeds")
+    _st = _scipy_stats()
     z = _st.norm.ppf(1 - alpha / 2) + _st.norm.ppf(power)
     return (1 if paired else 2) * (z * sd / delta) ** 2
 

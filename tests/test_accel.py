@@ -43,6 +43,15 @@ def test_bad_performance_options_are_config_errors(token, hint):
         compose(["preset=smoke", token])
 
 
+def test_text_options_spelled_like_yaml_booleans_keep_their_text():
+    """``amp=off`` used to reach the config as ``'False'`` (YAML 1.1 reads off/on/yes/no as
+    booleans) and was refused; text fields keep the text, boolean fields still read it."""
+    cfg = compose(["preset=smoke", "amp=off", "compile=off", "channels_last=never", "tf32=off"])
+    assert (cfg.amp, cfg.compile, cfg.channels_last, cfg.tf32) == ("off", "off", "never", False)
+    with pytest.raises(ConfigError, match="amp='yes' is not allowed"):
+        compose(["preset=smoke", "amp=yes"])
+
+
 def test_performance_options_compose_and_leave_default_hashes_alone():
     base = to_dict(compose(["preset=smoke"]))
     assert (base["amp"], base["compile"], base["tf32"]) == ("off", "off", True)
@@ -74,7 +83,7 @@ def test_machine_section_states_the_settings_and_auto_device():
     dev = rt.resolve_device(cfg.device)
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
     info = machine(cfg, torch.device("cpu"))
-    assert info["accel"] == {"amp": "off", "compile": "off", "host_read_every": 1}
+    assert info["accel"] == {"amp": "off", "compile": "off", "host_read_every": 1, "inversion_chunk": 512}
     assert "gpu" not in info
     assert rt.configure_device(torch.device("cpu")) == {}  # nothing to set on the CPU
 

@@ -106,6 +106,32 @@ def test_few_training_images_per_person_warns_with_the_fix(env):
     assert "warning: " + warn[0] in render(p)
 
 
+def test_the_protocol_is_shown_before_any_step_is_timed(env, monkeypatch):
+    """The data part comes first (seconds), the timed estimate after; no warning twice."""
+    from mi_bench import dataplan
+
+    events: list = []
+    real = dataplan._timed_stages
+    monkeypatch.setattr(dataplan, "_timed_stages", lambda *a, **k: (events.append("timing"), real(*a, **k))[1])
+    toks = ["preset=smoke", "dataset=digits", "dataset.max_train_per_class=20"]
+    p = plan(compose(toks), on_protocol=lambda head: events.append(("protocol", head)))
+    assert [e if isinstance(e, str) else e[0] for e in events] == ["protocol", "timing"]
+    head = events[0][1]
+    assert head["stages"] is None and head["counts"] == p["counts"] and head["inversion"] == p["inversion"]
+    assert head["warnings"] and p["warnings"][:len(head["warnings"])] == head["warnings"]
+    r = invoke("data", *toks)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert out.index("private identities") < out.index("images per identity") < \
+        out.index("estimated time on this machine") < out.index("  total ")
+    for w in p["warnings"]:
+        assert out.count("warning: " + w) == 1, w
+    assert "timing a few steps" in r.stderr
+    quiet = invoke("data", *toks, "--no-timing")
+    assert "estimated time" not in quiet.stdout and "timing a few steps" not in quiet.stderr
+    assert all(quiet.stdout.count("warning: " + w) == 1 for w in head["warnings"])
+
+
 def _tree(root: Path, counts: dict[str, int]) -> None:
     for i, (name, n) in enumerate(counts.items()):
         (root / name).mkdir(parents=True, exist_ok=True)

@@ -52,7 +52,8 @@ def test_smoke_run_on_cuda(tmp_path, attack):
     m = rec["machine"]
     assert m["device"].startswith("cuda") and m["gpu"] == torch.cuda.get_device_name()
     assert m["backend"]["cudnn_benchmark"] is True and m["backend"]["tf32_matmul"] is True
-    assert m["accel"] == {"amp": "off", "compile": "off", "host_read_every": rt.SYNC_EVERY}
+    assert m["accel"] == {"amp": "off", "compile": "off", "host_read_every": rt.SYNC_EVERY,
+                          "inversion_chunk": rt.INVERSION_CHUNK}
     assert rec["metrics"]["attack_acc"] is not None and rec["metrics"]["target_acc"] > 0
     assert set(rec["trained"]) >= {"target", "evaluator", "prior"}
 
