@@ -1,9 +1,11 @@
 """Issue 21: does ``amp=bf16`` on the CPU change the numbers? Target accuracy and attack accuracy
 (each judge, and the consensus) of ``amp=bf16`` against float32, paired by target seed.
 
-Float32 arm: the ``none`` records of ``results/bench/controls.records.jsonl`` (digits, preset
-quick, GMI, seeds 0-2, the same code and config but ``amp``); bf16 arm:
-``results/bench/bf16_seeds.records.jsonl`` (``bash results/bench/bf16_seeds.sh``). For each metric:
+Both arms from ``results/bench/bf16_seeds.records.jsonl`` (``bash results/bench/bf16_seeds.sh``:
+digits, preset quick, GMI, seeds 0-2, the same code, cache, evaluator and judges; only ``amp``
+differs). (The ``none`` records of ``controls.records.jsonl`` are not a float32 arm for this: they
+were trained NCHW, before ``channels_last=auto``, so their evaluator and judges are other
+networks.) For each metric:
 the per-seed values, the mean paired difference bf16 - float32 with its 95% t interval (2 degrees
 of freedom for 3 pairs), and the smallest change these pairs detect with 80% power (MDE, from
 the differences' spread). "Unchanged within noise" means the interval contains 0; it rules out
@@ -39,7 +41,7 @@ def by_seed(path: str, amp: str) -> dict[int, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--fp32", default="results/bench/controls.records.jsonl")
+    ap.add_argument("--fp32", default="results/bench/bf16_seeds.records.jsonl")
     ap.add_argument("--bf16", default="results/bench/bf16_seeds.records.jsonl")
     ap.add_argument("--out", default="results/bench/bf16_seeds_compare.md")
     a = ap.parse_args()
@@ -73,8 +75,11 @@ def main() -> None:
         lines.append(f"| {what} | {', '.join(fmt(v) for v in x)} | {', '.join(fmt(v) for v in y)} | {ci} | "
                      f"{fmt(mde) if mde is not None else 'n/a'} | {verdict} |")
     walls = [(f32[s]["wall_seconds"], b16[s]["wall_seconds"]) for s in seeds]
-    lines += ["", "Accuracies in points (percent); KID as is. Wall seconds per run (float32 / bf16; the "
-              "float32 runs shared the machine with other work, so these are not a speed measurement): "
+    same = [k for k in ("evaluator", "judge-resnet", "judge-robust")
+            if all(f32[s]["artifacts"][k]["sha256"] == b16[s]["artifacts"][k]["sha256"] for s in seeds)]
+    lines += ["", f"The same trained networks in both arms (artifact SHA-256 equal): {', '.join(same) or 'none'}.",
+              "", "Accuracies in points (percent); KID as is. Wall seconds per run (float32 / bf16; the "
+              "first cell of a cache also trains the evaluator and the judges): "
               + "; ".join(f"seed {s}: {w[0]:.0f} / {w[1]:.0f}" for s, w in zip(seeds, walls)) + ".",
               f"Median bf16 prior stage {statistics.median(b16[s]['stage_seconds'].get('prior', 0) for s in seeds):.0f} s, "
               f"float32 {statistics.median(f32[s]['stage_seconds'].get('prior', 0) for s in seeds):.0f} s."]
