@@ -503,8 +503,9 @@ def render(p: dict[str, Any], part: str = "all", *, shown_warnings: int = 0) -> 
     """The plan as the text ``mi-bench data`` prints: ``protocol`` (the data, the inversion, the
     warnings known so far), ``estimate`` (the timed stages and the warnings not yet shown: the
     first ``shown_warnings`` were printed with the protocol) or ``all``."""
-    if part == "all":
-        return render(p, "protocol") + ("\n" + render(p, "estimate") if p["stages"] is not None else "")
+    if part == "all":  # every warning once: with the protocol
+        return render(p, "protocol") + ("\n" + render(p, "estimate", shown_warnings=len(p["warnings"]))
+                                        if p["stages"] is not None else "")
     if part == "estimate":
         return "\n".join(_estimate_lines(p) + [f"warning: {w}" for w in p["warnings"][shown_warnings:]])
     c, h, w = p["image_shape"]

@@ -180,7 +180,7 @@ class Accel:
         accumulating the gradient before its one optimiser step (memory bounded by the chunk,
         not by the number of latents; 0 = one slice). For a loss that is a sum over latents the
         step is the full-batch step, up to float rounding."""
-        size = self.inversion_chunk or n
+        size = self.inversion_chunk or max(n, 1)
         return [slice(i, min(i + size, n)) for i in range(0, n, size)] or [slice(0, 0)]
 
     def compiled(self, module: torch.nn.Module) -> Callable[..., Any]:

@@ -38,7 +38,6 @@ import math
 from typing import Sequence
 
 
-
 def _scipy_stats():
     """``scipy.stats``, imported on first use (0.9 s: every command would pay it at start-up)."""
     from scipy import stats

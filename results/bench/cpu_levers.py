@@ -44,6 +44,11 @@ from mi_bench.runtime import set_threads  # noqa: E402
 FAMILIES = ("mcnn", "vgg16_bn", "ir18")
 
 
+def _opt_kw(lever: str) -> dict[str, bool]:
+    """The optimiser keyword a lever sets (none for the others)."""
+    return {lever: True} if lever in ("foreach", "fused") else {}
+
+
 class Step:
     """One classifier step in mi-bench's CPU float32 layout, with one lever."""
 
@@ -51,8 +56,8 @@ class Step:
         torch.manual_seed(0)
         self.lever = lever
         self.model = make().to(memory_format=torch.channels_last).train()
-        opt_kw = {"foreach": True} if lever == "foreach" else {"fused": True} if lever == "fused" else {}
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, **opt_kw)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4,
+                                   **_opt_kw(lever))
         g = torch.Generator().manual_seed(1)
         self.x = _fmt(torch.rand(BATCH, *shape, generator=g), True)
         self.y = torch.randint(0, classes, (BATCH,), generator=g)
@@ -82,7 +87,7 @@ class GanLever(GANStep):
     def __init__(self, lever: str):
         super().__init__("ref")
         self.lever = lever
-        kw = {"foreach": True} if lever == "foreach" else {"fused": True} if lever == "fused" else {}
+        kw = _opt_kw(lever)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=2e-4, betas=(0.5, 0.999), **kw)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=2e-4, betas=(0.5, 0.999), **kw)
 
