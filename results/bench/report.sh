@@ -25,8 +25,9 @@ fi
 for name in "${names[@]}"; do
   rec=$(records_of "$name")
   md="results/bench/$name.md"
-  # faces.md is faces_report.py's summary (per-stage times, grids); its leaderboard goes beside it
-  [ "$name" = faces ] && md="results/bench/faces_leaderboard.md"
+  # a benchmark with its own report (faces.md, strength.md: <name>_report.py) keeps its
+  # leaderboard beside it
+  [ -e "results/bench/${name}_leaderboard.md" ] && md="results/bench/${name}_leaderboard.md"
   mi-bench leaderboard --records "$rec" --format markdown -o "$md" --plot "results/bench/${name}_tradeoff.png"
   mi-bench leaderboard --records "$rec" --format csv -o "results/bench/$name.csv"
 done
