@@ -14,7 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from mi_bench.record import attack_label
 from mi_bench.results import baseline_margins, current, leaderboard
+from mi_bench.results.leaderboard import acc_key as judge_key
 from mi_bench.results.store import load_records
 from mi_bench.stats import mean_interval, paired_interval
 
@@ -26,7 +28,8 @@ LFW_ACC, LFW_MARGIN, LFW_HUMAN, MNIST_HUMAN, SPREAD = 0.60, 0.30, 0.50, 0.60, 0.
 
 
 def acc_key(judge: str) -> str:
-    return {"eval": "attack_acc", "consensus": "consensus_acc"}.get(judge, f"attack_acc_{judge}")
+    """The metric of a judge column; ``consensus`` is a column too."""
+    return "consensus_acc" if judge == "consensus" else judge_key(judge)
 
 
 def pct(v: float | None, lo: float | None = None, hi: float | None = None, sign: bool = False) -> str:
@@ -50,8 +53,6 @@ def by_seed(recs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
 
 def lomma_effects(recs: list[dict[str, Any]]) -> list[str]:
     """LOMMA on vs off for each attack with a LOMMA variant, paired by target seed, per judge."""
-    from mi_bench.record import attack_label
-
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in recs:
         groups[attack_label(r["config"]["attack"])].append(r)
@@ -101,16 +102,14 @@ def main(path: str) -> None:
         return
     first = min(records, key=lambda r: r["created_at"])
     last = max(records, key=lambda r: r["created_at"])
-    out += [f"{len(records)} runs, {first['created_at'][:16]} to {last['created_at'][:16]} UTC; mi-bench "
+    out += [(f"{len(records)} runs, {first['created_at'][:16]} to {last['created_at'][:16]} UTC; mi-bench "
             f"{first['versions']['mi_bench']}, torch {first['versions']['torch']}, {first['machine']['cpu_count']} "
-            f"CPUs, {first['machine']['threads']} thread(s) per run.", ""]
+            f"CPUs, {first['machine']['threads']} thread(s) per run."), ""]
     rows = leaderboard(records)
     margins = {(m["dataset"], m["protocol"], m["preset"], m["attack"]): m for m in baseline_margins(records)}
     per_setting: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         per_setting[setting(r)].append(r)
-    from mi_bench.record import attack_label
-
     for key in sorted(per_setting):
         ds, proto, preset = key
         recs = per_setting[key]
@@ -118,20 +117,19 @@ def main(path: str) -> None:
         out += [f"## {ds} ({proto}, preset {preset})", "",
                 "| attack | seeds | target acc | " + " | ".join(JUDGES) + " | human (seed 0) | prior KID | grid (seed 0) |",
                 "|---|---|---|" + "---|" * len(JUDGES) + "---|---|---|"]
-        grids = {}
+        by_attack: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in recs:
-            if r["config"]["seed"] == 0:
-                grids[attack_label(r["config"]["attack"])] = r.get("grid") or "-"
+            by_attack[attack_label(r["config"]["attack"])].append(r)
+        grids = {a: (by_seed(rs).get(0) or {}).get("grid") or "-" for a, rs in by_attack.items()}
         for row in srows:
             cells = [pct(row.get(acc_key(j)), *(row.get(acc_key(j) + "_ci") or (None, None))) for j in JUDGES]
             h = row.get("human")
             human = (f"{pct(h['acc'], *h['acc_ci'])} (n={h['n_labelled']})" if h and h.get("acc") is not None else "-")
-            arecs = [r for r in recs if attack_label(r["config"]["attack"]) == row["attack"]]
             out.append(f"| {row['attack']} | {','.join(map(str, row['seeds']))} | "
                        f"{pct(row.get('target_acc'))} | " + " | ".join(cells) +
-                       f" | {human} | {kid_of(arecs)} | {grids.get(row['attack'], '-')} |")
-        out += ["", "Margin over the calibration baselines (attack minus baseline on the same target, "
-                "percentage points; paired over seeds, Newcombe for one seed):", "",
+                       f" | {human} | {kid_of(by_attack[row['attack']])} | {grids.get(row['attack'], '-')} |")
+        out += ["", ("Margin over the calibration baselines (attack minus baseline on the same target, "
+                "percentage points; paired over seeds, Newcombe for one seed):"), "",
                 "| attack | baseline | " + " | ".join(JUDGES[:3]) + " |", "|---|---|" + "---|" * 3]
         for row in srows:
             m = margins.get((ds, proto, preset, row["attack"]))
@@ -147,10 +145,10 @@ def main(path: str) -> None:
         if lom:
             out += ["", "LOMMA's change (LOMMA on minus off, same target seeds; paired Student-t 95%, points):", "",
                     "| attack | seeds | " + " | ".join(JUDGES) + " |", "|---|---|" + "---|" * len(JUDGES), *lom]
-        out += ["", "Wall time per stage, seconds (mean over the cells that trained it; a cached artifact costs "
-                "nothing):", "", "| attack | " + " | ".join(STAGES) + " | cell wall |", "|---|" + "---|" * (len(STAGES) + 1)]
+        out += ["", ("Wall time per stage, seconds (mean over the cells that trained it; a cached artifact costs "
+                "nothing):"), "", "| attack | " + " | ".join(STAGES) + " | cell wall |", "|---|" + "---|" * (len(STAGES) + 1)]
         for row in srows:
-            arecs = [r for r in recs if attack_label(r["config"]["attack"]) == row["attack"]]
+            arecs = by_attack[row["attack"]]
             cells = []
             for st in STAGES:
                 vals = [r["stage_seconds"][st] for r in arecs
