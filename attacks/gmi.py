@@ -85,24 +85,12 @@ class GMIConfig(lomma_lib.LommaFields, GMIFields):
 
 
 @register_attack("gmi")
-class GMI(Attack):
+class GMI(lomma_lib.LommaOption, Attack):
     Config = GMIConfig
     summary = "GMI: WGAN-GP prior on public data + latent search (-D + lambda*CE)"
     paper = "Zhang et al., The Secret Revealer, CVPR 2020"
     requirements = AttackRequirements(white_box=True, public_data=True, prior="shared")
     prior_version = "1"
-
-    def __init__(self, cfg, **kwargs):
-        super().__init__(cfg, **kwargs)
-        self.lomma = lomma_lib.settings_of(cfg)  # None when off; paper weights checked before any training
-
-    def target_aux_spec(self):
-        return None if self.lomma is None else lomma_lib.aux_spec(self.lomma)
-
-    def train_target_aux(self, public, target, *, seed, progress):
-        self.check_public(public, None)
-        return lomma_lib.train_aux(self.lomma, public, target, num_classes=self.num_classes, seed=seed,
-                               device=self.device, progress=progress)
 
     def _nets(self) -> tuple[DCGANGenerator, WGANCritic]:
         c = self.cfg

@@ -194,25 +194,12 @@ class KEDMIConfig(lomma_lib.LommaFields, KEDMIFields):
 
 
 @register_attack("kedmi")
-class KEDMI(Attack):
+class KEDMI(lomma_lib.LommaOption, Attack):
     Config = KEDMIConfig
     summary = "KED-MI: target-aware K-way GAN + learned latent Gaussian per class"
     paper = "Chen et al., Knowledge-Enriched Distributional Model Inversion Attacks, ICCV 2021"
     requirements = AttackRequirements(prior="per_target")
     prior_version = "2"  # 2: official D (IN on layer 1, 3x3 4th layer), summed entropy
-
-    def __init__(self, cfg: KEDMIConfig, **kwargs: Any):
-        super().__init__(cfg, **kwargs)
-        self.lomma = lomma_lib.settings_of(cfg)  # None when off; paper weights checked before any training
-
-    def target_aux_spec(self) -> dict[str, Any] | None:
-        return None if self.lomma is None else lomma_lib.aux_spec(self.lomma)
-
-    def train_target_aux(self, public: torch.Tensor, target: nn.Module, *, seed: int,
-                         progress: Any) -> dict[str, torch.Tensor]:
-        self.check_public(public, target)
-        return lomma_lib.train_aux(self.lomma, public, target, num_classes=self.num_classes, seed=seed,
-                                   device=self.device, progress=progress)
 
     def _nets(self) -> tuple[DCGANGenerator, KEDDiscriminator]:
         c = self.cfg

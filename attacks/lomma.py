@@ -397,6 +397,26 @@ def train_aux(settings: LommaSettings, public: torch.Tensor, target: nn.Module, 
     return out
 
 
+class LommaOption:
+    """The ``attack.lomma`` option on an attack (GMI, KED-MI): put it before ``Attack`` in the
+    bases. It reads the settings once (``self.lomma``, None when off; paper weights are checked
+    here, before any training) and declares and trains the per-target artifact (``p_reg`` and
+    the surrogates) through the base class's ``target_aux_spec``/``train_target_aux`` hooks."""
+
+    def __init__(self, cfg: Any, **kwargs: Any):
+        super().__init__(cfg, **kwargs)  # type: ignore[call-arg]  # the Attack base
+        self.lomma = settings_of(cfg)
+
+    def target_aux_spec(self) -> dict[str, Any] | None:
+        return None if self.lomma is None else aux_spec(self.lomma)
+
+    def train_target_aux(self, public: torch.Tensor, target: nn.Module, *, seed: int,
+                         progress: Any) -> dict[str, torch.Tensor]:
+        self.check_public(public, target)  # type: ignore[attr-defined]
+        return train_aux(self.lomma, public, target, num_classes=self.num_classes,  # type: ignore[attr-defined]
+                         seed=seed, device=self.device, progress=progress)  # type: ignore[attr-defined]
+
+
 def identity_from_prior(
     settings: LommaSettings, target: nn.Module, prior: dict[str, torch.Tensor], *, num_classes: int,
     in_channels: int, device: torch.device,

@@ -32,7 +32,13 @@ OUT="results_db=$DB results_dir=results/local/runs threads=1 --quiet"
 ATTACKS=("attack=gmi" "attack=gmi attack.lomma=true" "attack=random" "attack=kedmi"
          "attack=kedmi attack.lomma=true" "attack=plgmi" "attack=pixel")
 
-late() { [[ -n "${STRENGTH_UNTIL:-}" && "$(date -u +%H:%M)" > "$STRENGTH_UNTIL" ]]; }
+# STRENGTH_UNTIL is a UTC clock time; one earlier than now means tomorrow (a run past midnight)
+UNTIL_S=
+if [[ -n "${STRENGTH_UNTIL:-}" ]]; then
+  UNTIL_S=$(date -u -d "$STRENGTH_UNTIL" +%s) || { echo "strength.sh: STRENGTH_UNTIL=$STRENGTH_UNTIL is not a clock time: give HH:MM (UTC)" >&2; exit 2; }
+  (( UNTIL_S > $(date -u +%s) )) || UNTIL_S=$((UNTIL_S + 86400))
+fi
+late() { [[ -n "$UNTIL_S" ]] && (( $(date -u +%s) > UNTIL_S )); }
 cell() {
   if late; then echo "strength.sh: past $STRENGTH_UNTIL UTC, not starting: $*" >&2; return 0; fi
   local t0=$SECONDS
