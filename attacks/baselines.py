@@ -64,7 +64,7 @@ class RandomPrior(Attack):
     requirements = AttackRequirements(white_box=False, public_data=True, prior="shared")
     prior_name = "gmi"
     prior_version = GMI.prior_version
-    preset_fields_from = ("gmi", tuple(f.name for f in _GMI_PRIOR))
+    preset_fields_from = ("gmi", (*(f.name for f in _GMI_PRIOR), "samples_per_class"))
     calibration = 1
 
     def _gmi(self) -> GMI:
@@ -124,7 +124,7 @@ class PixelInversion(Attack):
     paper = "mi-bench calibration baseline, in the manner of Fredrikson et al., CCS 2015"
     requirements = AttackRequirements(white_box=True, public_data=True, prior="shared")
     prior_version = "1"
-    preset_fields_from = ("gmi", ("iterations",))
+    preset_fields_from = ("gmi", ("iterations", "samples_per_class"))
     calibration = 2
 
     def train_prior(self, public, target, *, seed, progress):

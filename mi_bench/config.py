@@ -346,6 +346,8 @@ class _Option:
         for k, v in _mapping(data.pop("presets", None), f"{self.origin} presets").items():
             presets[k] = {**presets.get(k, {}), **_mapping(v, f"{self.origin} presets.{k}")}
         datasets = {k: dict(v) for k, v in getattr(cls, "datasets", {}).items()}
+        if source:  # and the same fields of that option's dataset entries (GMI's MNIST quick prior)
+            datasets = _deep_merge(datasets, _dataset_fields_of_option(group, *source))
         if self.plugin != option and (_config_dir() / group / f"{self.plugin}.yaml").is_file():
             # an alias inherits its plugin option's dataset entries (recipes), entry by entry
             datasets = _deep_merge(datasets, _Option(group, self.plugin, cls).datasets)
@@ -395,6 +397,28 @@ def _fields_of_option(group: str, option: str, fields: tuple[str, ...]) -> dict[
     top = {k: v for k, v in data.items() if k in fields}
     return {p: {**top, **{k: v for k, v in (vals or {}).items() if k in fields}}
             for p, vals in (data.get("presets") or {}).items()}
+
+
+def _dataset_fields_of_option(group: str, option: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The ``datasets`` entries of ``configs/<group>/<option>.yaml`` cut to ``fields`` of their
+    ``<group>`` section (the entry's own and each ``presets.<preset>`` one), for
+    ``preset_fields_from``: a baseline that shares GMI's prior follows GMI's per-dataset prior
+    settings too, so both train (and reuse) the same prior."""
+    def cut(layer: Any) -> dict[str, Any]:
+        section = (layer or {}).get(group) or {}
+        kept = {k: v for k, v in section.items() if k in fields}
+        return {group: kept} if kept else {}
+
+    out: dict[str, Any] = {}
+    for name, entry in (_read_yaml(group, option).get("datasets") or {}).items():
+        entry = entry or {}
+        mine = cut(entry)
+        presets = {p: c for p, layer in (entry.get("presets") or {}).items() if (c := cut(layer))}
+        if presets:
+            mine["presets"] = presets
+        if mine:
+            out[name] = mine
+    return out
 
 
 def _option(group: str, option: str) -> _Option:

@@ -59,11 +59,14 @@ def test_baselines_run_end_to_end_and_share_gmis_prior(tmp_path, monkeypatch):
     assert "Margins over calibration baselines" in render(leaderboard(records), "markdown", margins)
 
 
-@pytest.mark.parametrize("preset", ["smoke", "quick", "paper"])
-def test_baseline_presets_follow_gmi(preset):
-    gmi = compose(["attack=gmi", f"preset={preset}"]).attack
-    rnd = compose(["attack=random", f"preset={preset}"]).attack
-    pix = compose(["attack=pixel", f"preset={preset}"]).attack
+@pytest.mark.parametrize("dataset", ["digits", "mnist", "lfw"])
+@pytest.mark.parametrize("preset", ["smoke", "quick", "cpu", "paper"])
+def test_baseline_presets_follow_gmi(preset, dataset):
+    # per dataset too: gmi.yaml's `datasets.mnist.presets.quick` (2 critic steps, 1,500 G steps)
+    # once left `random` on the 300-step prior, a weaker baseline than GMI's own samples
+    gmi = compose([f"dataset={dataset}", "attack=gmi", f"preset={preset}"]).attack
+    rnd = compose([f"dataset={dataset}", "attack=random", f"preset={preset}"]).attack
+    pix = compose([f"dataset={dataset}", "attack=pixel", f"preset={preset}"]).attack
     assert prior_fields(rnd) == prior_fields(gmi)  # hence the same prior cache key
     assert pix.iterations == gmi.iterations  # the same iteration budget
     assert rnd.samples_per_class == pix.samples_per_class == gmi.samples_per_class

@@ -63,6 +63,7 @@ REC=results/bench/$NAME.records.jsonl
 $MIB db export --db "$DB" -o "$REC"
 # $NAME.md: the report (tests/test_golden.py renders the committed records to it);
 # the leaderboard view of the same records beside it
+python results/bench/strength_report.py --copy-grids "$REC"  # seed-0 grids into results/bench/grids/strength/
 python results/bench/strength_report.py "$REC" > "results/bench/$NAME.md"
 $MIB leaderboard --records "$REC" --format markdown -o "results/bench/${NAME}_leaderboard.md"
 $MIB leaderboard --records "$REC" --format csv -o "results/bench/$NAME.csv"

@@ -22,7 +22,8 @@ from mi_bench.stats import mean_interval, paired_interval
 
 JUDGES = ("eval", "resnet", "robust", "consensus")
 CALIBRATION = ("random", "pixel")
-STAGES = ("target", "evaluator", "judge-resnet", "judge-robust", "target_aux", "prior", "inversion", "scoring")
+STAGES = ("target", "evaluator", "judge-resnet", "judge-robust", "aux", "prior", "prior_quality", "inversion", "scoring")
+# aux: the per-target artifact (LOMMA: p_reg and the 3 distilled surrogates); prior_quality: KID + grid
 # issue 23's goals: (setting, what, threshold)
 LFW_ACC, LFW_MARGIN, LFW_HUMAN, MNIST_HUMAN, SPREAD = 0.60, 0.30, 0.50, 0.60, 0.10
 
@@ -77,6 +78,30 @@ def lomma_effects(recs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+ROOT = Path(__file__).resolve().parents[2]
+GRIDS = Path("results/bench/grids/strength")  # the seed-0 grids, copied in by strength.sh
+
+
+def grid_name(key: tuple[str, str, str], attack: str) -> str:
+    ds, _, preset = key
+    return f"{ds}-{preset}-{attack.replace('[', '-').replace(']', '')}"
+
+
+def copy_grids(path: str) -> None:
+    """Copy each setting's seed-0 reconstruction grid and prior grid from the run folders into
+    results/bench/grids/strength/ (run folders are not in the repository)."""
+    import shutil
+
+    records = [r for r in current(load_records(Path(path))) if r["defense_label"] == "none" and r["seed"] == 0]
+    (ROOT / GRIDS).mkdir(parents=True, exist_ok=True)
+    for r in records:
+        name = grid_name(setting(r), attack_label(r["config"]["attack"]))
+        for src, suffix in (("grid.png", ""), ("prior_grid.png", "-prior")):
+            f = Path(r.get("run_dir") or "") / src
+            if f.is_file():
+                shutil.copyfile(f, ROOT / GRIDS / f"{name}{suffix}.png")
+
+
 def kid_of(recs: list[dict[str, Any]]) -> str:
     vals = [(r.get("protocol", {}).get("prior_quality") or {}).get("kid") for r in recs]
     vals = [v for v in vals if v is not None]
@@ -95,7 +120,8 @@ def main(path: str) -> None:
            "Judges: eval = the evaluation model (another architecture and seed than the target's, with a reject",
            "class); resnet = ResNet with crop/affine augmentation; robust = PGD-L2 adversarially trained;",
            "consensus = every judge names the attacked class. Human: share of the labelled seed-0",
-           "reconstructions a person called the attacked class (`mi-bench label`, blind; Wilson 95%).", ""]
+           "reconstructions a person called the attacked class, of those labelled same or different (`mi-bench",
+           "label`, blind to the judges; Wilson 95%); the goal counts `unsure` as not accepted.", ""]
     if not records:
         out.append("No records yet: run `bash results/bench/strength.sh`.")
         print("\n".join(out))
@@ -120,11 +146,15 @@ def main(path: str) -> None:
         by_attack: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in recs:
             by_attack[attack_label(r["config"]["attack"])].append(r)
-        grids = {a: (by_seed(rs).get(0) or {}).get("grid") or "-" for a, rs in by_attack.items()}
+        grids = {}
+        for a, rs in by_attack.items():
+            copied = GRIDS / f"{grid_name(key, a)}.png"
+            grids[a] = str(copied) if (ROOT / copied).is_file() else (by_seed(rs).get(0) or {}).get("grid") or "-"
         for row in srows:
             cells = [pct(row.get(acc_key(j)), *(row.get(acc_key(j) + "_ci") or (None, None))) for j in JUDGES]
             h = row.get("human")
-            human = (f"{pct(h['acc'], *h['acc_ci'])} (n={h['n_labelled']})" if h and h.get("acc") is not None else "-")
+            human = (f"{pct(h['acc'], *h['acc_ci'])} (n={h['n_labelled']}, {h.get('n_unsure', 0)} unsure)"
+                     if h and h.get("acc") is not None else "-")
             out.append(f"| {row['attack']} | {','.join(map(str, row['seeds']))} | "
                        f"{pct(row.get('target_acc'))} | " + " | ".join(cells) +
                        f" | {human} | {kid_of(by_attack[row['attack']])} | {grids.get(row['attack'], '-')} |")
@@ -152,7 +182,7 @@ def main(path: str) -> None:
             cells = []
             for st in STAGES:
                 vals = [r["stage_seconds"][st] for r in arecs
-                        if st in r.get("stage_seconds", {}) and (st in ("inversion", "scoring")
+                        if st in r.get("stage_seconds", {}) and (st in ("prior_quality", "inversion", "scoring")
                                                                  or st in r.get("trained", []))]
                 cells.append(f"{sum(vals) / len(vals):.0f}" if vals else "-")
             walls = [r["wall_seconds"] for r in arecs]
@@ -193,14 +223,24 @@ def goals(key: tuple[str, str, str], srows: list[dict[str, Any]], margins: dict)
     goal_h = {"lfw": LFW_HUMAN, "mnist": MNIST_HUMAN}.get(ds)
     if goal_h is not None:
         if h and h.get("acc") is not None:
-            lines.append(check(h["acc"] >= goal_h, f"a person accepts {pct(h['acc'])}% of {h['n_labelled']} "
-                                                   f"labelled reconstructions (goal >= {100 * goal_h:.0f}%)"))
+            # an `unsure` is not an acceptance: the goal is checked on every label given
+            n_all = h["n_labelled"] + h.get("n_unsure", 0)
+            strict = h["acc"] * h["n_labelled"] / n_all
+            lines.append(check(strict >= goal_h, f"a person accepts {pct(strict)}% of {n_all} labelled "
+                                                 f"reconstructions, unsure counted as not accepted "
+                                                 f"({pct(h['acc'])}% of the {h['n_labelled']} labelled "
+                                                 f"same or different; goal >= {100 * goal_h:.0f}%)"))
         else:
             lines.append(f"- not checked: no human labels of {best['attack']}'s seed-0 run")
     return lines
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python results/bench/strength_report.py RECORDS.jsonl > results/bench/strength.md")
-    main(sys.argv[1])
+    args = sys.argv[1:]
+    grids_only = args[:1] == ["--copy-grids"]
+    if grids_only:
+        args = args[1:]
+    if len(args) != 1:
+        raise SystemExit("usage: python results/bench/strength_report.py [--copy-grids] RECORDS.jsonl "
+                         "> results/bench/strength.md")
+    copy_grids(args[0]) if grids_only else main(args[0])
