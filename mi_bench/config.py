@@ -71,11 +71,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mi_bench.data import DatasetConfig
-from mi_bench.errors import (
-    ConfigError, RegistryError,
-)
+from mi_bench.errors import ConfigError, RegistryError
 from mi_bench.health import HealthConfig
 from mi_bench.judges import JUDGE_NAMES, JudgingConfig, check_judges
+from mi_bench.metrics import EvalConfig  # the `eval` section (as judges/health hold theirs)
 from mi_bench.params import param, strip_neutral, validate_dataclass
 from mi_bench.registry import ATTACKS, DATASETS, DEFENSES, unknown_choice_message
 from mi_bench.runtime import AMP_CHOICES, CHANNELS_LAST_CHOICES, COMPILE_CHOICES, INVERSION_CHUNK
@@ -87,30 +86,6 @@ DEFAULTS = {"preset": "quick", "dataset": "digits", "defense": "none", "attack":
 BASELINE = "none"  # the defense option whose dataset entries hold the published baseline recipes
 # sections a dataset entry of a defense / attack YAML may patch
 ENTRY_SECTIONS = {"defense": ("target", "defense"), "attack": ("attack",)}
-
-
-@dataclass
-class EvalConfig:
-    fid_inception: bool = param(
-        True, help="Inception-v3 FID and KID (pytorch-fid weights, fetched into the torch hub cache "
-        "when missing unless eval.download=false or MI_BENCH_OFFLINE=1)")
-    download: bool = param(
-        True, help="fetch missing Inception / LPIPS backbone weights (MI_BENCH_OFFLINE=1 also forbids it)")
-    kid_subsets: int = param(100, ge=1, le=10000, help="KID: random subsets averaged when a set exceeds kid_subset_size")
-    kid_subset_size: int = param(1000, ge=3, help="KID: largest set used at once (reference code: 1000)")
-    lpips: bool = param(True, help="compute lpips_nn (LPIPS to the nearest same-class private image)")
-    lpips_net: str = param("alex", choices=("alex", "vgg"), help="LPIPS backbone")
-    lpips_min_size: int = param(
-        64, ge=32, le=512, help="images smaller than this are upsampled (bilinear) before LPIPS "
-        "(LPIPS was calibrated on 64x64 patches; AlexNet fails below 31 px)")
-    lpips_candidates: int = param(
-        0, ge=0, help="0 = exact nearest-neighbour search; K > 0 = LPIPS only to the K nearest "
-        "same-class images in pixel L2 (faster; an upper bound)")
-    grid_real: int = param(4, ge=0, le=16, help="real private images per class in the image grid")
-    grid_samples: int = param(10, ge=1, le=100, help="reconstructions per class shown in the image grid "
-                              "(all are saved in the run folder)")
-    prior_kid_samples: int = param(1000, ge=0, neutral_default=True, help="prior samples for the prior's KID "
-                                   "vs held-out public images (mi_bench.prior_quality); 0 = not measured")
 
 
 @dataclass
@@ -341,13 +316,11 @@ class _Option:
         # fields), then the YAML's, merged field by field
         presets = {k: dict(v) for k, v in getattr(cls, "presets", {}).items()}
         source = getattr(cls, "preset_fields_from", None)
-        if source:  # fields whose per-preset values another option's YAML holds (baselines: GMI's)
-            presets = _deep_merge(presets, _fields_of_option(group, *source))
+        borrowed = _borrowed_fields(group, *source) if source else ({}, {})  # baselines: GMI's fields
+        presets = _deep_merge(presets, borrowed[0])
         for k, v in _mapping(data.pop("presets", None), f"{self.origin} presets").items():
             presets[k] = {**presets.get(k, {}), **_mapping(v, f"{self.origin} presets.{k}")}
-        datasets = {k: dict(v) for k, v in getattr(cls, "datasets", {}).items()}
-        if source:  # and the same fields of that option's dataset entries (GMI's MNIST quick prior)
-            datasets = _deep_merge(datasets, _dataset_fields_of_option(group, *source))
+        datasets = _deep_merge({k: dict(v) for k, v in getattr(cls, "datasets", {}).items()}, borrowed[1])
         if self.plugin != option and (_config_dir() / group / f"{self.plugin}.yaml").is_file():
             # an alias inherits its plugin option's dataset entries (recipes), entry by entry
             datasets = _deep_merge(datasets, _Option(group, self.plugin, cls).datasets)
@@ -389,36 +362,27 @@ class _Option:
         return out
 
 
-def _fields_of_option(group: str, option: str, fields: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``{preset: {field: value}}`` of ``fields`` in ``configs/<group>/<option>.yaml`` (its top
-    level, then each ``presets.<preset>``): another plugin's presets, for
-    ``preset_fields_from``."""
+def _borrowed_fields(group: str, option: str, fields: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``fields`` as ``configs/<group>/<option>.yaml`` sets them, for ``preset_fields_from``:
+    ``{preset: {field: value}}`` (its top level, then each ``presets.<preset>``) and its
+    ``datasets`` entries cut to those fields of their ``<group>`` section (the entry's own and
+    each preset's). A baseline sharing GMI's prior thus follows GMI's per-dataset prior too."""
     data = _read_yaml(group, option)
-    top = {k: v for k, v in data.items() if k in fields}
-    return {p: {**top, **{k: v for k, v in (vals or {}).items() if k in fields}}
-            for p, vals in (data.get("presets") or {}).items()}
 
+    def keep(d: Any) -> dict[str, Any]:
+        return {k: v for k, v in (d or {}).items() if k in fields}
 
-def _dataset_fields_of_option(group: str, option: str, fields: tuple[str, ...]) -> dict[str, Any]:
-    """The ``datasets`` entries of ``configs/<group>/<option>.yaml`` cut to ``fields`` of their
-    ``<group>`` section (the entry's own and each ``presets.<preset>`` one), for
-    ``preset_fields_from``: a baseline that shares GMI's prior follows GMI's per-dataset prior
-    settings too, so both train (and reuse) the same prior."""
-    def cut(layer: Any) -> dict[str, Any]:
-        section = (layer or {}).get(group) or {}
-        kept = {k: v for k, v in section.items() if k in fields}
-        return {group: kept} if kept else {}
-
-    out: dict[str, Any] = {}
-    for name, entry in (_read_yaml(group, option).get("datasets") or {}).items():
-        entry = entry or {}
-        mine = cut(entry)
-        presets = {p: c for p, layer in (entry.get("presets") or {}).items() if (c := cut(layer))}
-        if presets:
-            mine["presets"] = presets
+    presets = {p: {**keep(data), **keep(v)} for p, v in (data.get("presets") or {}).items()}
+    datasets: dict[str, Any] = {}
+    for name, entry in (data.get("datasets") or {}).items():
+        mine: dict[str, Any] = {group: k} if (k := keep((entry or {}).get(group))) else {}
+        cut = {p: {group: k} for p, layer in ((entry or {}).get("presets") or {}).items()
+               if (k := keep((layer or {}).get(group)))}
+        if cut:
+            mine["presets"] = cut
         if mine:
-            out[name] = mine
-    return out
+            datasets[name] = mine
+    return presets, datasets
 
 
 def _option(group: str, option: str) -> _Option:

@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from mi_bench.data import DataSplits
 from mi_bench.errors import WeightsUnavailable, metric_failure
 from mi_bench.interfaces import Inversion
+from mi_bench.params import param
 from mi_bench.perceptual import (
     frechet, inception_features, inception_model, inception_weights, kid, lpips_model, lpips_nn,
     real_inception_features, weights_info,
@@ -49,6 +50,30 @@ from mi_bench.perceptual import (
 from mi_bench.stats import wilson_interval
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    fid_inception: bool = param(
+        True, help="Inception-v3 FID and KID (pytorch-fid weights, fetched into the torch hub cache "
+        "when missing unless eval.download=false or MI_BENCH_OFFLINE=1)")
+    download: bool = param(
+        True, help="fetch missing Inception / LPIPS backbone weights (MI_BENCH_OFFLINE=1 also forbids it)")
+    kid_subsets: int = param(100, ge=1, le=10000, help="KID: random subsets averaged when a set exceeds kid_subset_size")
+    kid_subset_size: int = param(1000, ge=3, help="KID: largest set used at once (reference code: 1000)")
+    lpips: bool = param(True, help="compute lpips_nn (LPIPS to the nearest same-class private image)")
+    lpips_net: str = param("alex", choices=("alex", "vgg"), help="LPIPS backbone")
+    lpips_min_size: int = param(
+        64, ge=32, le=512, help="images smaller than this are upsampled (bilinear) before LPIPS "
+        "(LPIPS was calibrated on 64x64 patches; AlexNet fails below 31 px)")
+    lpips_candidates: int = param(
+        0, ge=0, help="0 = exact nearest-neighbour search; K > 0 = LPIPS only to the K nearest "
+        "same-class images in pixel L2 (faster; an upper bound)")
+    grid_real: int = param(4, ge=0, le=16, help="real private images per class in the image grid")
+    grid_samples: int = param(10, ge=1, le=100, help="reconstructions per class shown in the image grid "
+                              "(all are saved in the run folder)")
+    prior_kid_samples: int = param(1000, ge=0, neutral_default=True, help="prior samples for the prior's KID "
+                                   "vs held-out public images (mi_bench.prior_quality); 0 = not measured")
 
 
 def metrics_protocol(options: Any = None) -> dict[str, str]:
@@ -196,8 +221,6 @@ class PerceptualScores:
 
 
 def _default_options():
-    from mi_bench.config import EvalConfig
-
     return EvalConfig()
 
 
