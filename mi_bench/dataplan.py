@@ -282,7 +282,7 @@ def estimate_stages(cfg: RunConfig, splits: Any, classes: list[int], *, store: A
         return out
     est, per, what = time_inversion(cfg, splits, target, prior, classes, device=device, accel=accel)
     out.append(_stage("inversion", what, est, per_step=per,
-                      note=f"{len(classes) * latents_per_class(a):,} latents at once"))
+                      note=f"{len(classes) * latents_per_class(a):,} reconstruction candidates"))
     return out
 
 
