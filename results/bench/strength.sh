@@ -28,7 +28,10 @@ SETTINGS=${STRENGTH_SETTINGS:-"digits:quick mnist:quick lfw:cpu"}
 SEEDS=${STRENGTH_SEEDS:-0,1,2}
 DB=${STRENGTH_DB:-results/local/strength.sqlite}
 NAME=${STRENGTH_NAME:-strength}
-OUT="results_db=$DB results_dir=results/local/runs threads=1 --quiet"
+# its own run folder: another benchmark's runs in it would be swept into this database by
+# `mi-bench db rebuild` (the runs of one benchmark stay together)
+RUNS=${STRENGTH_RUNS:-results/local/runs/$NAME}
+OUT="results_db=$DB results_dir=$RUNS threads=1 --quiet"
 ATTACKS=("attack=gmi" "attack=gmi attack.lomma=true" "attack=random" "attack=kedmi"
          "attack=kedmi attack.lomma=true" "attack=plgmi" "attack=pixel")
 
