@@ -43,7 +43,7 @@ SEEDS=${CONTROLS_SEEDS:-0,1,2,3,4}
 DB=${CONTROLS_DB:-results/local/controls.sqlite}
 NAME=${CONTROLS_NAME:-controls}           # results/bench/$NAME.{records.jsonl,md,csv}
 # its own run folder: another benchmark's runs in it would be swept into this database by
-# `mi-bench db rebuild` (the runs of one benchmark stay together)
+# a database rebuild (the runs of one benchmark stay together)
 RUNS=${CONTROLS_RUNS:-results/local/runs/$NAME}
 OUT="results_db=$DB results_dir=$RUNS threads=1 --quiet"
 CONTROLS=none,ls,negls,trapmid,advtrain,tldmi

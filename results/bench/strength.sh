@@ -29,7 +29,7 @@ SEEDS=${STRENGTH_SEEDS:-0,1,2}
 DB=${STRENGTH_DB:-results/local/strength.sqlite}
 NAME=${STRENGTH_NAME:-strength}
 # its own run folder: another benchmark's runs in it would be swept into this database by
-# `mi-bench db rebuild` (the runs of one benchmark stay together)
+# a database rebuild (the runs of one benchmark stay together)
 RUNS=${STRENGTH_RUNS:-results/local/runs/$NAME}
 OUT="results_db=$DB results_dir=$RUNS threads=1 --quiet"
 ATTACKS=("attack=gmi" "attack=gmi attack.lomma=true" "attack=random" "attack=kedmi"
