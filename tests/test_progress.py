@@ -199,7 +199,9 @@ def test_run_with_stderr_in_a_file_logs_every_stage_at_the_interval(tmp_path):
     cmd = ["mi-bench", "run", "preset=smoke", f"progress_interval_s={interval}",
            f"cache_dir={tmp_path / 'cache'}", f"results_db={tmp_path / 'r.sqlite'}",
            f"results_dir={tmp_path / 'runs'}", f"data_root={tmp_path / 'data'}",
-           "judges=[eval,resnet]", "judge.resnet.epochs=2", "attack.gan_steps=12", "attack.iterations=40",
+           # 6 target epochs: smoke's 2 (0.4 s on an idle machine) can end before a periodic line
+           "target.epochs=6", "judges=[eval,resnet]", "judge.resnet.epochs=2", "attack.gan_steps=12",
+           "attack.iterations=40",
            "evaluator.epochs=1", "eval.fid_inception=false", "eval.lpips=false"]
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
