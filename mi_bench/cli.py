@@ -502,13 +502,19 @@ def db_sync(db_path: str, runs: Path) -> None:
               help="a database, a .jsonl file or a folder of run folders")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSON-lines file: one record a line")
-def db_export(db_path: str, output: Path) -> None:
+@click.option("--merge", is_flag=True, help="keep the records OUTPUT already holds that the database "
+              "lacks (a run of the same config in the database replaces its old record)")
+@click.option("--replace", is_flag=True, help="overwrite OUTPUT even where it holds records the "
+              "database lacks (without --merge or --replace that is an error)")
+def db_export(db_path: str, output: Path, merge: bool, replace: bool) -> None:
     """Write every record as JSON lines (the form the repository keeps its results in)."""
     from mi_bench.fsutil import atomic_write
     from mi_bench.results import dump_jsonl, load_records
+    from mi_bench.results.store import records_to_export
 
     try:
-        recs = load_records(db_path, upgrade=False)  # as stored
+        recs = records_to_export(load_records(db_path, upgrade=False), output,  # as stored
+                                 merge=merge, replace=replace)
     except USER_ERRORS as exc:
         _fail(str(exc))
     text = dump_jsonl(recs)

@@ -274,6 +274,32 @@ def load_records(path: str | Path, *, upgrade: bool = True) -> list[dict[str, An
     return sorted(recs, key=lambda r: (r["created_at"], r["run_id"]))
 
 
+def records_to_export(records: list[dict[str, Any]], output: str | Path, *, merge: bool = False,
+                      replace: bool = False) -> list[dict[str, Any]]:
+    """What ``mi-bench db export`` writes over ``output``: the database's ``records``. A records
+    file already at ``output`` that holds records the database lacks (by ``run_id``; a database
+    rebuilt on a new machine, or one holding only new cells) is an error, so an export cannot drop
+    committed results unseen; ``merge`` keeps those records beside the database's (except where
+    the database has a run of the same ``config_hash``: the new run replaces the old), ``replace``
+    drops them."""
+    if merge and replace:
+        raise ResultsError("db export: pass --merge or --replace, not both")
+    output = Path(output)
+    if replace or not output.exists():
+        return records
+    held = {r["run_id"] for r in records}
+    lost = [r for r in load_records(output, upgrade=False) if r.get("run_id") not in held]
+    if not lost:
+        return records
+    if not merge:
+        raise ResultsError(f"{output} holds {len(lost)} record(s) the database does not (e.g. run "
+                           f"{lost[0].get('run_id')}): pass --merge to keep them beside the "
+                           "database's, or --replace to drop them")
+    configs = {r.get("config_hash") for r in records}
+    kept = [r for r in lost if r.get("config_hash") not in configs]
+    return sorted(records + kept, key=lambda r: (r["created_at"], r["run_id"]))
+
+
 def dump_jsonl(records: list[dict[str, Any]]) -> str:
     """Records as JSON lines, one record a line (``mi-bench db export``)."""
     return "".join(json.dumps(r, default=str) + "\n" for r in records)

@@ -24,6 +24,7 @@ cd "$(dirname "$0")/../.."
 export MI_BENCH_CACHE=${MI_BENCH_CACHE:-/tmp/mi-bench-strength-cache}
 export MI_BENCH_DATA=${MI_BENCH_DATA:-../shared/data}
 MIB=${MIB:-mi-bench}
+command -v "${MIB%% *}" >/dev/null || { echo "strength.sh: ${MIB%% *} not found: pip install -e . in this checkout first (or set MIB)" >&2; exit 2; }
 SETTINGS=${STRENGTH_SETTINGS:-"digits:quick mnist:quick lfw:cpu"}
 SEEDS=${STRENGTH_SEEDS:-0,1,2}
 DB=${STRENGTH_DB:-results/local/strength.sqlite}
@@ -63,7 +64,9 @@ if [[ "${STRENGTH_EXPORT_ONLY:-0}" != 1 ]]; then
 fi
 
 REC=results/bench/$NAME.records.jsonl
-$MIB db export --db "$DB" -o "$REC"
+# --merge: the committed records the database lacks (another machine's runs, a database lost with
+# its machine) stay; a run of the same config in the database replaces its old record
+$MIB db export --db "$DB" -o "$REC" --merge
 # $NAME.md: the report (tests/test_golden.py renders the committed records to it);
 # the leaderboard view of the same records beside it
 python results/bench/strength_report.py --copy-grids "$REC"  # seed-0 grids into results/bench/grids/strength/
