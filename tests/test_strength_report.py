@@ -1,0 +1,41 @@
+"""results/bench/strength_report.py's goal lines (issue 23): a goal the runs cannot check says
+"not checked" and why - one seed has no seed spread (its interval is the run's Wilson interval),
+a setting without a `random` run has no margin over it - instead of a made-up met or MISSED."""
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "results" / "bench" / "strength_report.py"
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("strength_report", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(seeds, robust=0.484, ci=(0.42, 0.55)):
+    return {"attack": "kedmi[lomma]", "seeds": seeds, "attack_acc": 0.581, "attack_acc_robust": robust,
+            "attack_acc_robust_ci": ci, "human": None}
+
+
+def test_one_seed_and_no_random_run_are_not_checked_not_met_or_missed():
+    sr = _report()
+    lines = sr.goals(("lfw", "disjoint_classes", "cpu"), [_row([0])], margins={})
+    text = "\n".join(lines)
+    assert "- not checked: the seed spread needs 2+ seeds (1 ran)" in lines
+    assert "met: seed spread" not in text
+    assert sum("not checked: margin over random" in x for x in lines) == 3 and "MISSED: margin" not in text
+    assert "- MISSED: robust judge 48.4% (goal >= 60%)" in lines  # what one seed does check
+
+
+def test_three_seeds_with_a_random_run_are_checked():
+    sr = _report()
+    key = ("lfw", "disjoint_classes", "cpu")
+    margins = {(*key, "kedmi[lomma]"): {"margins": {"random": {
+        "eval": {"margin": 0.40}, "resnet": {"margin": 0.05}, "robust": {"margin": 0.31}}}}}
+    lines = sr.goals(key, [_row([0, 1, 2], robust=0.62, ci=(0.55, 0.69))], margins)
+    assert "- met: seed spread of the robust judge +-7.0 points (95% interval over 3 seeds; goal +-10)" in lines
+    assert "- met: margin over random on eval: +40.0 points (goal >= +30)" in lines
+    assert "- MISSED: margin over random on resnet: +5.0 points (goal >= +30)" in lines
