@@ -39,3 +39,23 @@ def test_three_seeds_with_a_random_run_are_checked():
     assert "- met: seed spread of the robust judge +-7.0 points (95% interval over 3 seeds; goal +-10)" in lines
     assert "- met: margin over random on eval: +40.0 points (goal >= +30)" in lines
     assert "- MISSED: margin over random on resnet: +5.0 points (goal >= +30)" in lines
+
+
+def test_copy_grids_copies_a_prior_shared_by_several_attacks_once(tmp_path, monkeypatch):
+    sr = _report()
+    recs = []
+    for attack, prior in (("gmi", "p-gmi"), ("random", "p-gmi"), ("kedmi", "p-ked")):
+        run = tmp_path / "runs" / attack
+        run.mkdir(parents=True)
+        (run / "grid.png").write_bytes(attack.encode())
+        (run / "prior_grid.png").write_bytes(prior.encode())
+        recs.append({"defense_label": "none", "seed": 0, "run_dir": str(run), "artifacts": {"prior": {"key": prior}},
+                     "config": {"attack": {"name": attack}, "preset": "quick",
+                                "dataset": {"name": "mnist", "protocol": "disjoint_classes"}}})
+    monkeypatch.setattr(sr, "load_records", lambda path: recs)
+    monkeypatch.setattr(sr, "current", lambda records: records)
+    monkeypatch.setattr(sr, "ROOT", tmp_path)
+    sr.copy_grids("records.jsonl")
+    got = sorted(p.name for p in (tmp_path / sr.GRIDS).iterdir())
+    assert got == ["mnist-quick-gmi-prior.png", "mnist-quick-gmi.png", "mnist-quick-kedmi-prior.png",
+                   "mnist-quick-kedmi.png", "mnist-quick-random.png"]
