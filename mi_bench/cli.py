@@ -501,7 +501,7 @@ def db_sync(db_path: str, runs: Path) -> None:
 @click.option("--db", "db_path", default="results/mi_bench.sqlite", show_default=True,
               help="a database, a .jsonl file or a folder of run folders")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="JSON-lines file: one record a line")
+              help="JSON-lines file: one record a line (gzipped when it ends in .gz)")
 @click.option("--merge", is_flag=True, help="keep the records OUTPUT already holds that the database "
               "lacks (a run of the same config in the database replaces its old record)")
 @click.option("--replace", is_flag=True, help="overwrite OUTPUT even where it holds records the "
@@ -509,16 +509,19 @@ def db_sync(db_path: str, runs: Path) -> None:
 def db_export(db_path: str, output: Path, merge: bool, replace: bool) -> None:
     """Write every record as JSON lines (the form the repository keeps its results in)."""
     from mi_bench.fsutil import atomic_write
-    from mi_bench.results import dump_jsonl, load_records
-    from mi_bench.results.store import records_to_export
+    from mi_bench.results import dump_jsonl, load_records, records_to_export
 
     try:
         recs = records_to_export(load_records(db_path, upgrade=False), output,  # as stored
                                  merge=merge, replace=replace)
     except USER_ERRORS as exc:
         _fail(str(exc))
-    text = dump_jsonl(recs)
-    atomic_write(output, lambda p: Path(p).write_text(text))
+    data = dump_jsonl(recs).encode()
+    if output.suffix == ".gz":  # as load_records reads it; mtime 0: the same records, the same bytes
+        import gzip
+
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    atomic_write(output, lambda p: Path(p).write_bytes(data))
     log.info("wrote %d records to %s", len(recs), output)
 
 

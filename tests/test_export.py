@@ -52,3 +52,17 @@ def test_replace_drops_them_a_superset_needs_no_flag_and_both_flags_are_refused(
     assert both.exit_code != 0 and "not both" in both.stderr and _ids(Path("committed.jsonl")) == ["a", "b", "c"]
     assert invoke("db", "export", "--db", "new.jsonl", "-o", "committed.jsonl", "--replace").exit_code == 0
     assert _ids(Path("committed.jsonl")) == ["d"]
+
+
+def test_an_export_to_gz_is_gzipped_and_reads_back(env):
+    import gzip
+
+    from mi_bench.results.store import load_records
+
+    _write("all.jsonl", [_rec("a", "2026-01-01", "h1"), _rec("b", "2026-01-02", "h2")])
+    assert invoke("db", "export", "--db", "all.jsonl", "-o", "out.records.jsonl.gz").exit_code == 0
+    raw = Path("out.records.jsonl.gz").read_bytes()
+    assert [json.loads(x)["run_id"] for x in gzip.decompress(raw).decode().splitlines()] == ["a", "b"]
+    assert [r["run_id"] for r in load_records("out.records.jsonl.gz", upgrade=False)] == ["a", "b"]
+    assert invoke("db", "export", "--db", "all.jsonl", "-o", "out.records.jsonl.gz").exit_code == 0
+    assert Path("out.records.jsonl.gz").read_bytes() == raw  # the same records, the same bytes

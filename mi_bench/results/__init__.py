@@ -27,10 +27,11 @@ from mi_bench.results.render import (
     EFFECTS_NOTE, MARGIN_NOTE, PROTOCOL_NOTE, columns, effects_rows, headers, margin_rows, md_table,
     protocol_note, render, render_effects, table_rows,
 )
-from mi_bench.results.store import ResultStore, dump_jsonl, json_safe, load_records, preflight
+from mi_bench.results.store import (ResultStore, dump_jsonl, json_safe, load_records, preflight,
+                                    records_to_export)
 
 __all__ = [
-    "ResultStore", "ResultsError", "dump_jsonl", "json_safe", "load_records", "preflight",
+    "ResultStore", "ResultsError", "dump_jsonl", "json_safe", "load_records", "preflight", "records_to_export",
     "current", "human_check", "judge_names", "leaderboard", "missing_metrics", "section_title",
     "sections", "select", "superseded",
     "baseline_margins", "calibration_attacks", "defense_effects", "verdict",

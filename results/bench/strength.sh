@@ -63,7 +63,7 @@ if [[ "${STRENGTH_EXPORT_ONLY:-0}" != 1 ]]; then
   done
 fi
 
-REC=results/bench/$NAME.records.jsonl
+REC=results/bench/$NAME.records.jsonl.gz  # gzipped (over 1 MB of JSON lines); db export writes .gz as gzip
 # --merge: the committed records the database lacks (another machine's runs, a database lost with
 # its machine) stay; a run of the same config in the database replaces its old record
 $MIB db export --db "$DB" -o "$REC" --merge
