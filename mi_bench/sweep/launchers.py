@@ -139,6 +139,34 @@ def finished(state: SweepState, cell: Cell, rc: int, seconds: float, k: int, tot
     return status
 
 
+def _exit_surely_on_preemption(sig: int) -> None:
+    """Make submitit's preemption handler end the process.
+
+    The handler checkpoints, requeues and then raises SystemExit from inside the signal handler.
+    If the signal lands while a finaliser (``__del__``) runs, Python prints "Exception ignored"
+    and the preempted job runs on to the end under the same attempt. Here the SystemExit ends the
+    process at once with its code (the cell's OS lock goes with it; its state stays "running",
+    which the requeued job counts as an attempt)."""
+    import signal
+
+    handler = signal.getsignal(sig)
+    if not callable(handler):
+        return
+
+    def checkpoint_then_exit(signum: int, frame: Any) -> None:
+        try:
+            handler(signum, frame)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+            for h in logging.getLogger().handlers:
+                h.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code & 0xFF)
+
+    signal.signal(sig, checkpoint_then_exit)
+
+
 class CellTask:
     """The callable a Slurm job array runs: one cell per task (checkpointable: requeued on
     preemption or time-out, it runs the cell again from the artifacts cached so far)."""
@@ -157,6 +185,7 @@ class CellTask:
         try:
             env = submitit.JobEnvironment()
             job_id, logf = env.job_id, str(env.paths.stdout)
+            _exit_surely_on_preemption(env._usr_sig())
         except RuntimeError:  # debug executor: no job environment
             job_id, logf = None, None
         return run_cell(Path(self.folder), h, index=False, force=self.force,
@@ -199,10 +228,12 @@ def launch_slurm(state: SweepState, cells: list[Cell], *, force: bool = False) -
         ex = _slurm_executor(state, sc)
         extra = [] if any(_user_set(c.tokens, "threads") for c in group) else [f"threads={sc.cpus}"]
         task = CellTask(str(state.folder), extra, force)
+        before = {c.hash: state.read(c.hash) or {} for c in group}
         group_jobs = ex.map_array(task, [c.hash for c in group])
         for c, job in zip(group, group_jobs):
             paths = getattr(job, "paths", None)
-            state.write(c.hash, status="queued", tokens=c.tokens, job_id=job.job_id,
+            # a job may have started (and written "running") before this line runs: then it stays
+            state.write(c.hash, expect=before[c.hash], status="queued", tokens=c.tokens, job_id=job.job_id,
                         log=str(paths.stdout) if paths else None, submitted_at=now())
         log.info("submitted %d cell(s) as job array %s (cluster %s, partition %s, %d min, %d GPU(s) "
                  "per cell, %d at once); logs under %s", len(group), group_jobs[0].job_id.split("_")[0],

@@ -6,6 +6,7 @@ hashes, so the same command finds the same folder):
                          ``queued`` (submitted to Slurm), ``running`` (host, pid, job id, log),
                          ``done`` (run id, record path) or ``failed`` (its config, the error
                          line and the traceback);
+* ``cells/<hash>.state.lock`` held while a state file is read, merged and written;
 * ``cells/<hash>.lock``  held while the cell runs (an OS lock: free again if its process dies,
                          so a ``running`` cell whose lock is free was interrupted);
 * ``logs/<hash>.log``    a local worker's output; Slurm logs are under ``logs/slurm/``.
@@ -84,10 +85,22 @@ class SweepState:
             log.warning("unreadable cell state %s (%s): treating the cell as pending", self.cell_file(h), exc)
             return None
 
-    def write(self, h: str, **fields: Any) -> dict[str, Any]:
-        state = {**(self.read(h) or {}), **fields, "updated_at": now()}
-        atomic_write_json(self.cell_file(h), state)
-        return state
+    def write(self, h: str, *, expect: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        """Merge ``fields`` into the cell's state; returns the state now on disk.
+
+        The read-merge-write holds the cell's state lock, so a launcher and a worker writing at
+        once cannot drop each other's fields. With ``expect`` (the state as read earlier, ``{}`` for
+        none) the write is skipped if the state has changed since: a launcher marks a cell
+        ``queued`` only if its job has not already started and written ``running``."""
+        p = self.folder / "cells" / f"{h}.state.lock"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(p)):
+            cur = self.read(h) or {}
+            if expect is not None and cur != expect:
+                return cur
+            state = {**cur, **fields, "updated_at": now()}
+            atomic_write_json(self.cell_file(h), state)
+            return state
 
     def _lock_free(self, h: str) -> bool:
         lock = self.lock(h)
