@@ -65,8 +65,7 @@ class AdversarialTraining(Defense):
     paper = "Madry et al., Towards Deep Learning Models Resistant to Adversarial Attacks, ICLR 2018 " \
             "(as an MI control: Mejia et al., Robust or Private? 2019)"
 
-    def __init__(self, cfg, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def setup(self, cfg) -> None:
         if cfg.norm == "linf" and cfg.eps >= 1:
             raise ValueError(f"advtrain: norm=linf with eps={cfg.eps} covers the whole [0, 1] image "
                              "box; set defense.eps to a per-pixel radius such as 0.3 (Madry MNIST) "

@@ -235,8 +235,7 @@ class DESMIL(Defense):
     paper = "adapted from Liu et al. 2022 (debiased multi-interest learning) and Zhang et al., " \
             "StableNet, CVPR 2021; not a published MI defense"
 
-    def __init__(self, cfg, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def setup(self, cfg) -> None:
         if cfg.beta_dec and cfg.interests < 2:
             raise ValueError("desmil: beta_dec > 0 needs interests >= 2 (chunks to decorrelate)")
         self.weighter = SampleWeighter(cfg)

@@ -85,8 +85,7 @@ class DPSGD(Defense):
     paper = "Abadi et al., Deep Learning with Differential Privacy, CCS 2016 (Opacus, " \
             "Yousefpour et al. 2021)"
 
-    def __init__(self, cfg, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def setup(self, cfg) -> None:
         if cfg.max_grad_norm == 0 and (cfg.noise_multiplier > 0 or cfg.target_epsilon > 0):
             raise ValueError(
                 "dpsgd: max_grad_norm=0 (no clipping) leaves the noise scale undefined: set "

@@ -87,8 +87,7 @@ class LabelSmoothing(Defense):
     paper = "Struppek, Hintersdorf, Kersting, Be Careful What You Smooth For: Label Smoothing Can " \
             "Be a Privacy Shield but Also a Catalyst for Model Inversion Attacks, ICLR 2024"
 
-    def __init__(self, cfg, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def setup(self, cfg) -> None:
         self.epochs: int | None = None
         self._last_epoch = -1
 

@@ -195,8 +195,7 @@ class QAD(Defense):
     paper = "adapted from Le & Woo, Quality-Agnostic Deepfake Detection, ICCV 2023 (+ AWP, Wu et " \
             "al., NeurIPS 2020); not a published MI defense"
 
-    def __init__(self, cfg, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def setup(self, cfg) -> None:
         if cfg.jpeg_quality_min > cfg.jpeg_quality_max:
             raise ValueError("qad: jpeg_quality_min must be <= jpeg_quality_max")
         if cfg.blur_sigma_min > cfg.blur_sigma_max:

@@ -121,8 +121,7 @@ class TLDMI(Defense):
     summary = "TL-DMI: pretrain on public data, freeze the early layers, fine-tune the rest"
     paper = "Ho, Hao, Ho, Chen, Model Inversion Robustness: Can Transfer Learning Help?, CVPR 2024"
 
-    def __init__(self, cfg, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def setup(self, cfg) -> None:
         self._frozen_bn: list[nn.Module] = []
         self._report: dict[str, Any] = {}
 

@@ -133,8 +133,7 @@ class TrapMID(Defense):
     summary = "Trap-MID: per-class trapdoor triggers (blend 0.02, loss weight 0.2) as decoys, with augmentation"
     paper = "Liu & Chen, Trap-MID: Trapdoor-based Defense against Model Inversion Attacks, NeurIPS 2024"
 
-    def __init__(self, cfg, **kw) -> None:
-        super().__init__(cfg, **kw)
+    def setup(self, cfg) -> None:
         self.active = cfg.beta > 0
         self.augmenting = cfg.augment == "on" or (cfg.augment == "auto" and self.active)
         self.updating = self.active and cfg.trigger_step > 0

@@ -102,6 +102,13 @@ class Defense:
         self.cfg = cfg
         self.num_classes = num_classes
         self.input_shape = input_shape
+        self.setup(cfg)
+
+    def setup(self, cfg: PluginConfig) -> None:
+        """Per-instance state and checks across fields, run at the end of ``__init__`` (with
+        ``self.cfg``, ``self.num_classes`` and ``self.input_shape`` set). Raise ``ValueError``
+        (one line: the problem and the fix) for a combination of settings that cannot run.
+        A plugin overrides this rather than ``__init__``."""
 
     # -- model -----------------------------------------------------------------------------
     def check_target(self, target: Any) -> None:

@@ -28,6 +28,23 @@ def shared_mnist_or_skip() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def to_host_reads(monkeypatch) -> dict[str, int]:
+    """``{"n": calls of mi_bench.runtime.to_host}`` (mi-bench's device-to-host reads) while the
+    test runs."""
+    from mi_bench import runtime
+
+    counter = {"n": 0}
+    orig = runtime.to_host
+
+    def to_host(t):
+        counter["n"] += 1
+        return orig(t)
+
+    monkeypatch.setattr(runtime, "to_host", to_host)
+    return counter
+
+
 def pytest_collection_modifyitems(config, items):
     """``gpu``-marked tests need CUDA: skipped, with the reason, where torch sees none."""
     if torch.cuda.is_available():

@@ -99,7 +99,7 @@ def test_device_helpers_leave_cpu_tensors_alone():
 # -- host reads: counted -----------------------------------------------------------------------
 
 @pytest.fixture
-def reads(monkeypatch):
+def reads(monkeypatch, to_host_reads):
     """Counts every read of a tensor value to the host: ``runtime.to_host`` and Tensor
     ``__float__`` / ``__int__`` / ``__bool__`` / ``item``, made by mi-bench. Not counted:
     torch.optim's reads of its step counters (CPU tensors whatever the device: no wait for a
@@ -107,14 +107,7 @@ def reads(monkeypatch):
     ``if``s, a few reads per call; kornia's code, left as it is)."""
     import sys
 
-    counter = {"n": 0}
-    orig_to_host = rt.to_host
-
-    def to_host(t):
-        counter["n"] += 1
-        return orig_to_host(t)
-
-    monkeypatch.setattr(rt, "to_host", to_host)
+    counter = to_host_reads  # conftest's counter of runtime.to_host, and the Tensor reads here
     for name in ("__float__", "__int__", "__bool__", "item"):
         orig = getattr(torch.Tensor, name)
 

@@ -16,17 +16,9 @@ from mi_bench.attacks.gmi import GMI, GMIConfig
 from mi_bench.attacks.kedmi import KEDMI, KEDDiscriminator, KEDMIConfig, entropy
 from mi_bench.attacks.plgmi import PLGMI, PLGMIConfig, ResNetGenerator, SNProjectionDiscriminator
 from mi_bench.runtime import NULL_BARS
+from tiny import LinearClassifier
 
 CPU = torch.device("cpu")
-
-
-class _Linear(nn.Module):
-    def __init__(self, k: int, size: int = 32) -> None:
-        super().__init__()
-        self.fc = nn.Linear(size * size, k)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
 
 
 class _Recorder:
@@ -66,7 +58,7 @@ def test_gmi_step_of_a_latent_does_not_depend_on_how_many_classes_are_attacked()
     with the loss divided by a constant, they must follow the same path."""
     atk, prior = _gmi()
     torch.manual_seed(1)
-    target = _Linear(5).eval()
+    target = LinearClassifier(5).eval()
     one = atk.invert(target, prior, [0], seed=3, progress=NULL_BARS)
     five = atk.invert(target, prior, [0, 1, 2, 3, 4], seed=3, progress=NULL_BARS)
     assert one.protocol["loss_divisor"] == 5 == five.protocol["loss_divisor"]
@@ -81,7 +73,7 @@ def test_gmi_step_of_a_latent_does_not_depend_on_how_many_classes_are_attacked()
 def test_gmi_does_not_clamp_the_initial_latents():
     atk, prior = _gmi(clamp=0.1)
     torch.manual_seed(1)
-    target = _Linear(5).eval()
+    target = LinearClassifier(5).eval()
     rec = _Recorder()
     atk.invert(target, prior, [2], seed=7, progress=rec)
     gen, _ = atk._nets()
@@ -120,7 +112,7 @@ def test_kedmi_generator_loss_uses_the_configured_entropy(monkeypatch):
         seen.clear()
         atk = KEDMI(KEDMIConfig(name="kedmi", entropy_reduction=reduction, **smoke),
                     image_shape=(1, 32, 32), num_classes=3, device=CPU)
-        atk.train_prior(torch.rand(16, 1, 32, 32), _Linear(3).eval(), seed=0, progress=NULL_BARS)
+        atk.train_prior(torch.rand(16, 1, 32, 32), LinearClassifier(3).eval(), seed=0, progress=NULL_BARS)
         assert seen == [reduction] * 2
 
 
@@ -197,7 +189,7 @@ def test_plgmi_image_range():
     cfg = dict(gen_width=2, disc_width=2, gan_steps=1, n_critic=1, gan_batch_size=4, top_n=3,
                iterations=1, samples_per_class=2, aug_flip=False)
     atk = PLGMI(PLGMIConfig(name="plgmi", **cfg), image_shape=(1, 32, 32), num_classes=2, device=CPU)
-    target = _Linear(2).eval()
+    target = LinearClassifier(2).eval()
     prior = atk.train_prior(torch.rand(10, 1, 32, 32), target, seed=0, progress=NULL_BARS)
     inv = atk.invert(target, prior, [0, 1], seed=0, progress=NULL_BARS)
     assert inv.protocol["image_range"] == "official"

@@ -25,25 +25,14 @@ from mi_bench.defenses.trapmid import TrapMID, TrapMIDConfig, balanced_labels, b
 from mi_bench.errors import ConfigError
 from mi_bench.interfaces import TrainBatch
 from mi_bench.params import PluginConfig
-from mi_bench.train import TrainConfig, train_classifier
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 KW = dict(num_classes=5, input_shape=(1, 32, 32))
 
 
-from test_defenses_extra import data, small  # noqa: E402,F401 - the same 100-image digits set and MCNN
-
-
-def train(data, defense, epochs=2, seed=0):
-    tr, va = data
-    cfg = TrainConfig(epochs=epochs, batch_size=32, selection="last")
-    return train_classifier(small, tr, va, cfg, seed=seed, defense=defense)
-
-
-def same_state(a, b) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+# the same 100-image digits set, MCNN, two-epoch training and state comparison
+from test_defenses_extra import data, same_state, small, train  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from mi_bench.attacks.kedmi import (
     feature_matching_loss, realness_loss, semi_supervised_loss, soft_cross_entropy,
 )
 from mi_bench.params import prior_fields, validate_dataclass
-from mi_bench.registry import ATTACKS
 from mi_bench.runtime import NULL_BARS
+from tiny import LinearClassifier, tiny_attack
 
 torch.set_num_threads(1)
 
@@ -100,28 +100,13 @@ SMOKE = dict(gen_width=4, disc_width=4, mbd_kernels=4, mbd_dim=3, gan_steps=2, n
              iterations=3, samples_per_class=2)
 
 
-class _Linear(torch.nn.Module):
-    def __init__(self, k):
-        super().__init__()
-        self.fc = torch.nn.Linear(32 * 32, k)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
 def _tiny_attack(**kw):
-    cfg = KEDMIConfig(name="kedmi", **{**SMOKE, **kw})
-    return KEDMI(cfg, image_shape=(1, 32, 32), num_classes=3, device=torch.device("cpu"))
-
-
-def test_registered_and_requirements():
-    assert ATTACKS.get("kedmi") is KEDMI
-    assert KEDMI.requirements.prior == "per_target"
+    return tiny_attack(KEDMI, SMOKE, **kw)
 
 
 def test_smoke_seeded_and_shapes():
     torch.manual_seed(0)
-    target = _Linear(3)  # left in train mode on purpose: train_prior must not change its mode
+    target = LinearClassifier(3)  # left in train mode on purpose: train_prior must not change its mode
     public = torch.rand(40, 1, 32, 32)
     a = _tiny_attack()
     p1 = a.train_prior(public, target, seed=3, progress=NULL_BARS)
@@ -154,7 +139,7 @@ def test_soft_labels_use_eval_mode_without_grad():
 
 
 def test_latent_clamp_is_applied():
-    target = _Linear(3).eval()
+    target = LinearClassifier(3).eval()
     a = _tiny_attack(latent_clamp="mu", lr=5.0, iterations=5)
     prior = a.train_prior(torch.rand(20, 1, 32, 32), target, seed=0, progress=NULL_BARS)
     inv = a.invert(target, prior, [1], seed=0, progress=NULL_BARS)
@@ -166,7 +151,7 @@ def test_latent_clamp_is_applied():
 
 
 def test_wrong_classes_raise():
-    target = _Linear(3).eval()
+    target = LinearClassifier(3).eval()
     a = _tiny_attack()
     prior = a.train_prior(torch.rand(20, 1, 32, 32), target, seed=0, progress=NULL_BARS)
     with pytest.raises(ValueError, match="0..2"):

@@ -11,8 +11,8 @@ from mi_bench.attacks.plgmi import (
     augmentations, hinge_d_loss, hinge_g_loss, max_margin_loss, resolve_top_n, top_n_selection,
 )
 from mi_bench.params import prior_fields, validate_dataclass
-from mi_bench.registry import ATTACKS
 from mi_bench.runtime import NULL_BARS
+from tiny import LinearClassifier, tiny_attack
 
 torch.set_num_threads(1)
 
@@ -109,32 +109,17 @@ def test_prior_fields_exclude_inversion_settings():
     assert not {"iterations", "lr", "samples_per_class"} & set(pf)
 
 
-class _Linear(torch.nn.Module):
-    def __init__(self, k):
-        super().__init__()
-        self.fc = torch.nn.Linear(32 * 32, k)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
-
-
 SMOKE = dict(gen_width=2, disc_width=2, gan_steps=2, n_critic=2, gan_batch_size=8, top_n=5,
              iterations=3, samples_per_class=2)
 
 
 def _tiny_attack(**kw):
-    cfg = PLGMIConfig(name="plgmi", **{**SMOKE, **kw})
-    return PLGMI(cfg, image_shape=(1, 32, 32), num_classes=3, device=torch.device("cpu"))
-
-
-def test_registered_and_requirements():
-    assert ATTACKS.get("plgmi") is PLGMI
-    assert PLGMI.requirements.prior == "per_target"
+    return tiny_attack(PLGMI, SMOKE, **kw)
 
 
 def test_smoke_seeded_selection_recorded():
     torch.manual_seed(0)
-    target = _Linear(3)
+    target = LinearClassifier(3)
     public = torch.rand(30, 1, 32, 32)
     a = _tiny_attack()
     p1 = a.train_prior(public, target, seed=1, progress=NULL_BARS)
@@ -156,7 +141,7 @@ def test_smoke_seeded_selection_recorded():
 
 
 def test_wrong_classes_raise():
-    target = _Linear(3)
+    target = LinearClassifier(3)
     a = _tiny_attack()
     prior = a.train_prior(torch.rand(20, 1, 32, 32), target, seed=0, progress=NULL_BARS)
     with pytest.raises(ValueError, match="0..2"):

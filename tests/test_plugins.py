@@ -49,6 +49,14 @@ def test_unknown_name_suggests_the_closest():
         DEFENSES.get("bidoo")
 
 
+@pytest.mark.parametrize("name,prior", [("gmi", "shared"), ("kedmi", "per_target"), ("plgmi", "per_target"),
+                                        ("random", "shared"), ("pixel", "shared")])
+def test_builtin_attacks_are_registered_with_their_prior_kind(name, prior):
+    # a per-target prior (KED-MI's and PLG-MI's GANs use the target) is trained again per target
+    cls = ATTACKS.get(name)
+    assert cls.name == name and cls.requirements.prior == prior
+
+
 def _numeric_field_with_lower_bound(cfg_cls):
     for f in dataclasses.fields(cfg_cls):
         for key in ("ge", "gt"):
@@ -57,20 +65,25 @@ def _numeric_field_with_lower_bound(cfg_cls):
     return None
 
 
+def _smoke_plugin(kind: str, name: str, registry: Registry, base: type):
+    """The smoke-preset run config with plugin ``name`` chosen, and its class (which must
+    subclass ``base`` and state a summary and a paper)."""
+    cfg = compose([f"{kind}={name}", "preset=smoke"])
+    cls = registry.get(name)
+    assert issubclass(cls, base) and cls.summary and cls.paper
+    return cfg, cls
+
+
+def _mcnn():
+    return build_model("mcnn", num_classes=5, in_channels=1, width=0.25)
+
+
 @pytest.mark.parametrize("name", DEFENSES.names())
 def test_every_defense_trains_under_its_smoke_preset(name, tiny):
     splits, train = tiny
-    cfg = compose([f"defense={name}", "preset=smoke"])
-    cls = DEFENSES.get(name)
-    assert issubclass(cls, Defense) and cls.summary and cls.paper
+    cfg, cls = _smoke_plugin("defense", name, DEFENSES, Defense)
     d = cls(cfg.defense, num_classes=5, input_shape=(1, 32, 32))
-    made = {}
-
-    def make():
-        made["m"] = build_model("mcnn", num_classes=5, in_channels=1, width=0.25)
-        return made["m"]
-
-    res = train_classifier(make, train, splits.private_val,
+    res = train_classifier(_mcnn, train, splits.private_val,
                            dataclasses.replace(cfg.target, epochs=1, batch_size=32), seed=0, defense=d)
     out = res.model(splits.private_test[0][:8])
     assert out.shape == (8, 5) and torch.isfinite(out).all()
@@ -91,10 +104,8 @@ def test_every_defense_rejects_a_bad_parameter(name):
 @pytest.mark.parametrize("name", ATTACKS.names())
 def test_every_attack_inverts_under_its_smoke_preset_and_rejects_wrong_targets(name, tiny):
     splits, _ = tiny
-    cfg = compose([f"attack={name}", "preset=smoke"])
-    cls = ATTACKS.get(name)
-    assert issubclass(cls, Attack) and cls.summary and cls.paper
-    target = build_model("mcnn", num_classes=5, in_channels=1, width=0.25).eval()
+    cfg, cls = _smoke_plugin("attack", name, ATTACKS, Attack)
+    target = _mcnn().eval()
     atk = cls(cfg.attack, image_shape=(1, 32, 32), num_classes=5, device=torch.device("cpu"))
     prior = atk.train_prior(splits.public[0][:128],
                             target if cls.requirements.prior == "per_target" else None,
@@ -170,3 +181,18 @@ def test_entry_point_plugin_runs_through_mi_bench_run_and_broken_one_only_warns(
     bad = subprocess.run(cmd + ["show-config", "defense=smooth", "defense.alpha=2"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "defense.alpha=2" in bad.stderr
+
+
+def test_a_defense_setup_runs_after_the_base_fields_and_can_refuse():
+    from mi_bench.params import PluginConfig
+
+    class Sized(Defense):
+        def setup(self, cfg):
+            if self.num_classes < 2:
+                raise ValueError("sized: needs 2 classes or more")
+            self.seen = (cfg is self.cfg, self.num_classes, self.input_shape)
+
+    d = Sized(PluginConfig(name="sized"), num_classes=5, input_shape=(1, 32, 32))
+    assert d.seen == (True, 5, (1, 32, 32))
+    with pytest.raises(ValueError, match="needs 2 classes"):
+        Sized(PluginConfig(name="sized"), num_classes=1, input_shape=(1, 32, 32))

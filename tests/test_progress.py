@@ -34,15 +34,8 @@ def lines(caplog):
 
 
 @pytest.fixture()
-def reads(monkeypatch):
-    counter = {"n": 0}
-    orig = rt.to_host
-
-    def to_host(t):
-        counter["n"] += 1
-        return orig(t)
-    monkeypatch.setattr(rt, "to_host", to_host)
-    return counter
+def reads(to_host_reads):
+    return to_host_reads  # conftest's counter of runtime.to_host
 
 
 def test_lines_at_the_interval_and_at_the_end_with_rate_eta_and_losses(lines, reads):
