@@ -59,3 +59,14 @@ def test_copy_grids_copies_a_prior_shared_by_several_attacks_once(tmp_path, monk
     got = sorted(p.name for p in (tmp_path / sr.GRIDS).iterdir())
     assert got == ["mnist-quick-gmi-prior.png", "mnist-quick-gmi.png", "mnist-quick-kedmi-prior.png",
                    "mnist-quick-kedmi.png", "mnist-quick-random.png"]
+
+
+def test_a_rescored_run_is_timed_by_the_run_it_rescores():
+    sr = _report()
+    first = {"run_id": "a", "wall_seconds": 1900.0}
+    second = {"run_id": "b", "rescored_from": "a", "wall_seconds": 15.0}
+    third = {"run_id": "c", "rescored_from": "b", "wall_seconds": 14.0}
+    by_id = {r["run_id"]: r for r in (first, second, third)}
+    assert sr.timing_source(third, by_id) is first and sr.timing_source(first, by_id) is first
+    orphan = {"run_id": "d", "rescored_from": "gone", "wall_seconds": 12.0}  # its source not exported
+    assert sr.timing_source(orphan, by_id) is orphan
