@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import time
@@ -67,7 +68,10 @@ def main() -> None:
                    "reject_rate_junk": info.get("reject_rate_junk"), "seconds": seconds, "trained": trained,
                    "key": info.get("key")}
             rows.append(row)
-            records.append({**row, "tokens": [*a.overrides, *tokens],
+            records.append({**row, "tokens": [*a.overrides, *tokens], "started": started,
+                            "env": {"mi_bench": __version__, "torch": torch.__version__,
+                                    "machine": platform.machine(), "cpu": platform.processor(),
+                                    "threads": cfg.threads, "cpus": os.cpu_count()},
                             "config": to_dict(tcfg) if tcfg is not None else to_dict(cfg.evaluator),
                             "health": info})
             print(json.dumps({k: row[k] for k in ("variant", "judge", "model", "test_acc", "robust_acc", "seconds")}),
