@@ -12,7 +12,7 @@ Usage:
 
 Each ``--variant NAME:TOKENS`` is a set of overrides added to the shared ones. Writes
 ``results/bench/face_judges_<name>.md`` (table, command, versions, machine, wall time per judge)
-and ``results/bench/face_judges_<name>.json`` (the same as data: each judge's config and health).
+and ``results/bench/face_judges_<name>.records.json`` (the same as data: each judge's config and health).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def main() -> None:
         ev = judges["eval"].info.get("test_acc")
         for jname, judge in judges.items():
             info = judge.info
-            seconds = stages.times.get("evaluator" if jname == "eval" else f"judge-{jname}")
-            trained = ("evaluator" if jname == "eval" else f"judge-{jname}") in stages.trained
+            kind = info["artifact"]  # the judge's cache kind, also its stage name (Stages.judges)
+            seconds, trained = stages.times.get(kind), kind in stages.trained
             tcfg = judge.cfg
             row = {"variant": vname, "judge": jname, "model": getattr(tcfg, "model", cfg.evaluator.model),
                    "test_acc": info.get("test_acc"), "eval_test_acc": ev,
@@ -85,7 +85,7 @@ def main() -> None:
              f"Command: `python results/bench/face_judges.py --name {a.name} "
              + " ".join(f"--variant {shlex.quote(v)}" for v in a.variant) + f" {' '.join(a.overrides)}` "
              f"(started {started}; mi-bench {__version__}, torch {torch.__version__}, "
-             f"{platform.machine()} {platform.processor() or ''}, threads {compose(a.overrides).threads}, "
+             f"{platform.machine()} {platform.processor() or ''}, threads {cfg.threads}, "
              f"load average {Path('/proc/loadavg').read_text().split()[0]} at the end).", "",
              "Each judge's accuracy on the real private test images (a 'none' prediction counts wrong), "
              "the evaluator's for comparison, the ratio (goal: 0.80 or more), and for an adversarially "
@@ -100,7 +100,7 @@ def main() -> None:
                      f"{pct(r['robust_acc'])} | {pct(r['reject_rate_junk'])} | {secs} |")
     out = Path(f"results/bench/face_judges_{a.name}.md")
     out.write_text("\n".join(lines) + "\n")
-    Path(f"results/bench/face_judges_{a.name}.json").write_text(json.dumps(records, indent=1, default=str) + "\n")
+    Path(f"results/bench/face_judges_{a.name}.records.json").write_text(json.dumps(records, indent=1, default=str) + "\n")
     print("\n".join(lines))
 
 
